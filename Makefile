@@ -1,0 +1,34 @@
+# slm-fabric — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv demo test lint typecheck bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## make the virtualenv with the package and dev tools
+
+demo: $(STAMP)  ## run a local fabric (embedded NATS, router, 5 simulated workers) with a demo load
+	$(PY) -m fabric up --demo 200
+
+test: $(STAMP)  ## run the test suite against real nats-servers
+	$(PY) -m pytest -q
+
+lint: $(STAMP)  ## ruff and mypy
+	$(VENV)/bin/ruff check subjects router workers fabric tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)  ## run the benchmarks; results go to bench/results.md
+	$(PY) -m bench.router_hop
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

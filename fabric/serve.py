@@ -1,0 +1,58 @@
+"""Run one component in the foreground: logging, signals, /metrics, uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+from prometheus_client import CollectorRegistry, start_http_server
+
+from router.config import RouterConfig
+from router.service import Router
+from workers.config import WorkerConfig
+from workers.factory import make_engine
+from workers.worker import Worker
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return uvloop.run(main())
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def _metrics(port: int, registry: CollectorRegistry) -> None:
+    if port:
+        start_http_server(port, addr="0.0.0.0", registry=registry)
+
+
+def serve_router(config: RouterConfig) -> int:
+    async def main() -> int:
+        router = Router(config)
+        _metrics(config.metrics_port, router.registry)
+        _on_signals(router.stop)
+        await router.run()
+        return 0
+
+    return int(_run(main))
+
+
+def serve_worker(config: WorkerConfig) -> int:
+    async def main() -> int:
+        worker = Worker(config, make_engine(config))
+        _metrics(config.metrics_port, worker.registry)
+        _on_signals(worker.stop)
+        return await worker.run()
+
+    return int(_run(main))

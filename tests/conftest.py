@@ -1,0 +1,106 @@
+"""Fixtures: a real nats-server per test module, and in-process routers and workers.
+
+Each server listens on 127.0.0.1 on a random port with a temporary store. Routers and
+workers run on the test's event loop (the same core the CLI runs in its own process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fabric.client import Client
+from fabric.local import NatsServer
+from router.config import RouterConfig
+from router.service import Router
+from workers.config import WorkerConfig
+from workers.sim_engine import SimEngine, SimParams
+from workers.worker import Worker
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh subject prefix per test, so tests sharing a server never see each other."""
+    return "t" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+async def client(nats_server: NatsServer, prefix: str) -> AsyncIterator[Client]:
+    c = await Client.connect(nats_server.url, prefix)
+    yield c
+    await c.close()
+
+
+class Fabric:
+    """Starts routers and workers on the running loop and stops them all at the end."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.routers: list[Router] = []
+        self.workers: list[Worker] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def router(self, **settings: Any) -> Router:
+        router = Router(RouterConfig(nats_url=self.url, prefix=self.prefix, **settings))
+        await self._start(router.run(), router.ready)
+        self.routers.append(router)
+        return router
+
+    async def worker(self, model: str = "general", replica: str = "r0", *,
+                     engine: Any = None, **settings: Any) -> Worker:
+        settings.setdefault("idle_poll", 0.05)
+        config = WorkerConfig(nats_url=self.url, prefix=self.prefix, model=model,
+                              replica=replica, **settings)
+        engine = engine or SimEngine(SimParams(capacity=config.max_inflight, time_scale=0.01))
+        worker = Worker(config, engine)
+        await self._start(worker.run(), worker.ready)
+        self.workers.append(worker)
+        return worker
+
+    async def _start(self, coro: Awaitable[Any], ready: asyncio.Event) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()  # raises what went wrong
+        assert ready.is_set(), "component did not become ready in 20 s"
+
+    async def wait_for_replicas(self, count: int, timeout: float = 10.0) -> None:
+        """Until every router sees ``count`` live replicas (heartbeats arrive each second)."""
+        await wait_until(lambda: all(len(r.table) >= count for r in self.routers), timeout)
+
+    async def stop(self) -> None:
+        for component in [*self.routers, *self.workers]:
+            component.stop()
+        results = await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 30)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(step)
+
+
+@pytest.fixture
+async def fabric(nats_server: NatsServer, prefix: str) -> AsyncIterator[Fabric]:
+    f = Fabric(nats_server.url, prefix)
+    yield f
+    await f.stop()

@@ -1,0 +1,130 @@
+"""Credit-based JetStream pulls for one durable consumer.
+
+Why not nats-py's ``fetch``: it returns a batch only when the batch is full or the
+request expires, so a lingering fetch for 4 messages holds the first one until the
+deadline — milliseconds of TTFT for nothing. Here every delivered message goes to
+``on_message`` the moment it arrives, and each pull request has its own reply token, so
+the server's status replies (404 no messages, 408 expired, 409 …) settle exactly the
+request they belong to. A message that arrives after its request was given up on is
+still delivered, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+_STATUS = "Status"
+_HEARTBEAT = "100"
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class PullRequest:
+    batch: int
+    received: int = 0
+    finished: bool = False
+    status: str = ""
+    activity: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def outstanding(self) -> int:
+        return 0 if self.finished else self.batch - self.received
+
+
+class Puller:
+    """Issues pull requests against ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>``."""
+
+    def __init__(self, nc: NATS, api_prefix: str, stream: str, consumer: str,
+                 on_message: Callable[[Msg], None]) -> None:
+        self._nc = nc
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._on_message = on_message
+        self._inbox = nc.new_inbox()
+        self._ids = itertools.count(1)
+        self._open: dict[str, PullRequest] = {}
+        self._sub: object = None
+        self.late_deliveries = 0
+        self.consumer = consumer
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+
+    @property
+    def outstanding(self) -> int:
+        """Messages requested and not yet delivered: credits the caller must hold back."""
+        return sum(r.outstanding for r in self._open.values())
+
+    @property
+    def lingering(self) -> bool:
+        return bool(self._open)
+
+    async def pull(self, batch: int, *, expires: float | None = None,
+                   wait_for_first: bool = False) -> PullRequest:
+        """Ask for up to ``batch`` messages and wait until the request settles.
+
+        ``expires=None`` is a no-wait pull: it settles as soon as the server has sent what
+        it has. With ``expires`` the request lingers; ``wait_for_first`` returns at the first
+        delivery, leaving the rest of the request open (its credits stay outstanding).
+        """
+        token = str(next(self._ids))
+        request = PullRequest(batch)
+        self._open[token] = request
+        body: dict[str, object] = {"batch": batch}
+        if expires is None:
+            body["no_wait"] = True
+            local_limit = 2.0
+        else:
+            body["expires"] = int(expires * 1e9)
+            local_limit = expires + 2.0
+        await self._nc.publish(self._next_subject, _encode(body), reply=f"{self._inbox}.{token}")
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + local_limit
+        while not request.finished:
+            if wait_for_first and request.received:
+                return request
+            remaining = give_up - loop.time()
+            if remaining <= 0:
+                # No status arrived (a reconnect can swallow it): stop counting the credits.
+                self._finish(token, "local-timeout")
+                break
+            request.activity.clear()
+            try:
+                await asyncio.wait_for(request.activity.wait(), remaining)
+            except TimeoutError:
+                continue
+        return request
+
+    def _finish(self, token: str, status: str) -> None:
+        request = self._open.pop(token, None)
+        if request is not None:
+            request.finished = True
+            request.status = status
+            request.activity.set()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rpartition(".")[2]
+        request = self._open.get(token)
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is not None:
+            if status != _HEARTBEAT:
+                self._finish(token, status)
+            return
+        if request is None:
+            self.late_deliveries += 1
+        else:
+            request.received += 1
+            request.activity.set()
+            if request.received >= request.batch:
+                self._finish(token, "filled")
+        self._on_message(msg)
