@@ -3,10 +3,11 @@
 Why not nats-py's ``fetch``: it returns a batch only when the batch is full or the
 request expires, so a lingering fetch for 4 messages holds the first one until the
 deadline — milliseconds of TTFT for nothing. Here every delivered message goes to
-``on_message`` the moment it arrives, and each pull request has its own reply token, so
-the server's status replies (404 no messages, 408 expired, 409 …) settle exactly the
-request they belong to. A message that arrives after its request was given up on is
-still delivered, never dropped.
+``on_message`` the moment it arrives, and each pull request has its own reply subscription, so the
+server's status replies (404 no messages, 408 expired, 409 …) settle exactly the request
+they belong to. (Delivered messages carry their stream subject, not the reply subject,
+so only the subscription tells them apart.) A message that arrives after its request was
+given up on is still delivered, never dropped.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
@@ -49,16 +52,17 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._ids = itertools.count(1)
         self._open: dict[str, PullRequest] = {}
-        self._sub: object = None
+        self._subs: dict[str, Subscription] = {}
         self.late_deliveries = 0
         self.consumer = consumer
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        return None
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+        for sub in list(self._subs.values()):
+            await sub.unsubscribe()
+        self._subs.clear()
 
     @property
     def outstanding(self) -> int:
@@ -87,7 +91,9 @@ class Puller:
         else:
             body["expires"] = int(expires * 1e9)
             local_limit = expires + 2.0
-        await self._nc.publish(self._next_subject, _encode(body), reply=f"{self._inbox}.{token}")
+        reply = f"{self._inbox}.{token}"
+        self._subs[token] = await self._nc.subscribe(reply, cb=partial(self._on_reply, token))
+        await self._nc.publish(self._next_subject, _encode(body), reply=reply)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + local_limit
         while not request.finished:
@@ -111,9 +117,12 @@ class Puller:
             request.finished = True
             request.status = status
             request.activity.set()
+        # The server sends nothing more once it has answered with a status or filled the
+        # batch; after a local timeout it still might, so that subscription stays.
+        if status != "local-timeout" and (sub := self._subs.pop(token, None)) is not None:
+            asyncio.get_running_loop().create_task(sub.unsubscribe())
 
-    async def _on_reply(self, msg: Msg) -> None:
-        token = msg.subject.rpartition(".")[2]
+    async def _on_reply(self, token: str, msg: Msg) -> None:
         request = self._open.get(token)
         status = msg.headers.get(_STATUS) if msg.headers else None
         if status is not None:
