@@ -17,8 +17,12 @@ import nats
 from nats.aio.client import Client as NATS
 
 from subjects import codec
-from subjects.messages import ChatMessage, ChatRequest, Chunk, ErrorReply
+from subjects.messages import ChatMessage, ChatRequest, Chunk, ErrorCode, ErrorReply
 from subjects.names import Names
+
+
+# NATS answers a publish that has a reply subject but no subscriber with this status.
+_NO_RESPONDERS = "503"
 
 
 class FabricError(Exception):
@@ -86,6 +90,9 @@ class Client:
                     msg = await sub.next_msg(timeout=timeout)
                 except (asyncio.TimeoutError, nats.errors.TimeoutError):
                     raise ReplyTimeout(request.id, timeout) from None
+                if not msg.data and msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                    raise FabricError(ErrorReply(request.id, ErrorCode.NO_ROUTER.value, (
+                        f"no router is serving {self.names.ingress!r}; retry when one runs")))
                 reply = codec.decode_reply(msg.data, msg.subject)
                 if isinstance(reply, ErrorReply):
                     raise FabricError(reply)

@@ -95,6 +95,7 @@ class ErrorCode(enum.Enum):
     CANCELLED = "cancelled"  # the client cancelled
     REDELIVERY_EXHAUSTED = "redelivery_exhausted"  # every delivery attempt failed
     INTERNAL = "internal"
+    NO_ROUTER = "no_router"  # nobody serves the ingress subject (client-side: NATS 503)
 
 
 # ------------------------------------------------------------------------------------
