@@ -24,7 +24,7 @@ import nats
 import uvloop
 
 from bench.results import machine, percentile, write_section
-from fabric.client import Client, FabricError, chat
+from fabric.client import Client
 from fabric.local import NatsServer, ProcessGroup, component_command
 from router.context import build_context
 from subjects import codec
@@ -48,25 +48,12 @@ async def _wait_replicas(nc: nats.NATS, names: Names, count: int) -> None:
     raise RuntimeError("workers did not come up")
 
 
-async def _wait_router(nc: nats.NATS) -> None:
-    client = Client(nc)
-    for _ in range(300):
-        try:
-            await client.complete(chat("ping", max_tokens=1), timeout=5)
-            return
-        except FabricError as exc:
-            if exc.code not in ("no_router", "no_replica"):
-                raise
-        await asyncio.sleep(0.1)
-    raise RuntimeError("router did not come up")
-
-
 async def latency(url: str, requests: int) -> tuple[list[float], list[float]]:
     names = Names()
     nc = await nats.connect(url)
     js = nc.jetstream()
     await _wait_replicas(nc, names, 1)
-    await _wait_router(nc)
+    await Client(nc).wait_until_served()
     inbox_sub = await nc.subscribe(nc.new_inbox() + ".*")
     base = inbox_sub.subject[:-2]
     via_router: list[float] = []

@@ -121,6 +121,21 @@ class Client:
                 )
         raise AssertionError("stream ended without a final chunk")  # stream() never does
 
+    async def wait_until_served(self, timeout: float = 30.0) -> None:
+        """Send one-token probes until the fabric answers one (a router and a worker are up)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await self.complete(chat("ping", max_tokens=1), timeout=5.0)
+                return
+            except FabricError as exc:
+                if exc.code not in (ErrorCode.NO_ROUTER.value, ErrorCode.NO_REPLICA.value):
+                    raise
+                if loop.time() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
+
     async def cancel(self, request_id: str) -> None:
         await self.nc.publish(self.names.cancel(request_id), b"")
 

@@ -67,6 +67,7 @@ async def _serve(args: argparse.Namespace, url: str, server: NatsServer | None,
         expected = len(MODELS) * args.replicas
         if not await _wait_for_replicas(client, expected, group, timeout=60 if args.engine == "sim" else 900):
             return 1
+        await client.wait_until_served()
         where = f"embedded nats-server at {url}" if server else f"NATS at {url}"
         if server and server.monitor_port:
             where += f" (monitoring http://127.0.0.1:{server.monitor_port})"
