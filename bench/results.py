@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("results.md")
@@ -26,7 +26,7 @@ def machine() -> str:
         pass
     return (f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, "
             f"{platform.system()} {platform.release()}, "
-            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 
 
 def percentile(values: list[float], q: float) -> float:

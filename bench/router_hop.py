@@ -29,8 +29,8 @@ from fabric.local import NatsServer, ProcessGroup, component_command
 from router.context import build_context
 from subjects import codec
 from subjects.messages import ChatMessage, ChatRequest, ErrorReply, Heartbeat, WorkItem
-from subjects.settings import replica_bucket_config
 from subjects.names import HEADER_MSG_ID, HEADER_REPLY, Names
+from subjects.settings import replica_bucket_config
 
 PROMPT = "Tell me something interesting about the sea."
 

@@ -20,7 +20,6 @@ from subjects import codec
 from subjects.messages import ChatMessage, ChatRequest, Chunk, ErrorCode, ErrorReply
 from subjects.names import Names
 
-
 # NATS answers a publish that has a reply subject but no subscriber with this status.
 _NO_RESPONDERS = "503"
 
@@ -88,7 +87,7 @@ class Client:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=timeout)
-                except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     raise ReplyTimeout(request.id, timeout) from None
                 if not msg.data and msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
                     raise FabricError(ErrorReply(request.id, ErrorCode.NO_ROUTER.value, (
