@@ -32,15 +32,17 @@ def _on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-def _metrics(port: int, registry: CollectorRegistry) -> None:
+def start_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
+    """Serve ``registry`` at http://host:port/metrics from a daemon thread (port 0: don't)."""
     if port:
-        start_http_server(port, addr="0.0.0.0", registry=registry)
+        start_http_server(port, addr=host, registry=registry)
+        logging.getLogger("slm.metrics").info("metrics on http://%s:%d/metrics", host, port)
 
 
 def serve_router(config: RouterConfig) -> int:
     async def main() -> int:
         router = Router(config)
-        _metrics(config.metrics_port, router.registry)
+        start_metrics(config.metrics_host, config.metrics_port, router.registry)
         _on_signals(router.stop)
         await router.run()
         return 0
@@ -51,7 +53,7 @@ def serve_router(config: RouterConfig) -> int:
 def serve_worker(config: WorkerConfig) -> int:
     async def main() -> int:
         worker = Worker(config, make_engine(config))
-        _metrics(config.metrics_port, worker.registry)
+        start_metrics(config.metrics_host, config.metrics_port, worker.registry)
         _on_signals(worker.stop)
         return await worker.run()
 

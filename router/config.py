@@ -18,3 +18,4 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     stream_replicas: int = 1
     metrics_port: int = 0  # 0 = no /metrics endpoint
     models: tuple[str, ...] = ()  # empty = the rule set's models
+    metrics_host: str = "0.0.0.0"  # address /metrics listens on (all interfaces: containers)

@@ -75,6 +75,7 @@ class Router:
         self.metrics = RouterMetrics(self.registry)
         self.models = tuple(self.config.models) or tuple(sorted(self.rules.served_models()))
         self._inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self.config.concurrency * 4)
+        self.metrics.watch_inbox(self._inbox.qsize)
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.routed = 0
@@ -151,7 +152,7 @@ class Router:
             for model, replica in self.table.expire(time.monotonic()):
                 log.warning("replica %s/%s stopped heartbeating; dropped", model, replica)
             for model in self.models:
-                self.metrics.replicas_live.labels(model).set(len(self.table.live(model)))
+                self.metrics.replicas_seen(model, [s.beat for s in self.table.live(model).values()])
             await asyncio.sleep(self.config.replica_ttl / 4)
 
     # ---- one request -----------------------------------------------------------------
@@ -213,6 +214,7 @@ class Router:
                 )
             except APIError as exc:
                 if exc.err_code == ERR_MAX_MSGS_PER_SUBJECT:
+                    self.metrics.queue_full.labels(choice.model).inc()
                     continue  # that queue is full: try the next replica
                 raise
             self.metrics.decided(choice.model, choice.task_class.name.lower(), choice.path, cache_class)
@@ -225,7 +227,7 @@ class Router:
 
     async def _reply_error(self, reply: str, request_id: str, code: ErrorCode, message: str) -> None:
         self.rejected += 1
-        self.metrics.errors.labels(code.value).inc()
+        self.metrics.rejected(code)
         if reply and self.nc is not None:
             await self.nc.publish(reply, codec.encode_reply(
                 ErrorReply(request_id=request_id, code=code.value, message=message)))

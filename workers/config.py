@@ -26,3 +26,4 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Simulated engine only.
     sim_time_scale: float = 1.0
     sim_cache_blocks: int = 4096
+    metrics_host: str = "0.0.0.0"  # address /metrics listens on (all interfaces: containers)

@@ -199,7 +199,7 @@ class Worker:
             log.exception("worker failed on a message")
             outcome = await self._unexpected_failure(msg, exc)
         finally:
-            self.metrics.outcomes.labels(outcome.value).inc()
+            self.metrics.settled(outcome.value)
             try:
                 await settle(msg, outcome, self.config.retry_delay)
             except Exception:  # the connection is gone: JetStream redelivers after ack_wait
@@ -216,6 +216,7 @@ class Worker:
         return Outcome.DONE
 
     async def _process(self, msg: Msg) -> Outcome:
+        self.metrics.received(msg.metadata.num_delivered)
         assert self.nc is not None
         try:
             item = codec.decode_work(msg.data, msg.subject)
@@ -251,14 +252,16 @@ class Worker:
         self._in_flight_tokens += tokens
         keep_alive = asyncio.get_running_loop().create_task(self._keep_in_progress(msg))
         started = time.perf_counter()
+        ttft: float | None = None
         seq = 0
         buffered: list[str] = []
         streaming = getattr(request, "stream", True)
         model, replica = self.config.model, self.config.replica
         try:
             async for delta in self.engine.generate(rid, request):  # type: ignore[arg-type]
-                if seq == 0 and not buffered:
-                    self.metrics.ttft_seconds.observe(time.perf_counter() - started)
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                    self.metrics.ttft_seconds.observe(ttft)
                 if delta.finish_reason is None:
                     if not streaming:
                         buffered.append(delta.text)
@@ -274,7 +277,7 @@ class Worker:
                     rid, seq, text, delta.finish_reason, usage,
                     restarted=restarted and seq == 0, model=model, replica=replica)))
                 self.metrics.finished(time.perf_counter() - started, delta.completion_tokens,
-                                      delta.cached_tokens, delta.prompt_tokens)
+                                      delta.cached_tokens, delta.prompt_tokens, ttft=ttft)
                 self.completed += 1
                 return Outcome.DONE
             raise EngineGenerateError("engine ended a stream without a final delta", retryable=True)
@@ -326,9 +329,8 @@ class Worker:
             prefix_hit_rate=stats.prefix_hit_rate, warm=self.warm, draining=self.draining,
             engine=self.engine.name, sent_at=time.time(), started_at=self._started_at,
         )
-        self.metrics.in_flight.set(len(self._tasks))
-        self.metrics.warm.set(1 if self.warm and not self.draining else 0)
-        self.metrics.prefix_hit_rate.set(stats.prefix_hit_rate)
+        self.metrics.heartbeat(in_flight=len(self._tasks), capacity=c.max_inflight,
+                               warm=self.warm and not self.draining, stats=stats)
         await self.kv.put(self.names.replica_key(c.model, c.replica), codec.encode_heartbeat(beat))
 
 
