@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "ask": "fabric.commands.ask",
     "router": "fabric.commands.router",
     "worker": "fabric.commands.worker",
+    "lag": "fabric.commands.lag",
 }
 
 

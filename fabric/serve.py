@@ -8,11 +8,15 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats
 import uvloop
 from prometheus_client import CollectorRegistry, start_http_server
 
+from fabric.lag import LagConfig, LagMonitor
+from fabric.lag_metrics import LagMetrics
 from router.config import RouterConfig
 from router.service import Router
+from subjects.names import Names
 from workers.config import WorkerConfig
 from workers.factory import make_engine
 from workers.worker import Worker
@@ -56,5 +60,24 @@ def serve_worker(config: WorkerConfig) -> int:
         start_metrics(config.metrics_host, config.metrics_port, worker.registry)
         _on_signals(worker.stop)
         return await worker.run()
+
+    return int(_run(main))
+
+
+def serve_lag_monitor(config: LagConfig) -> int:
+    """Poll stream and consumer lag and export it at /metrics until SIGTERM."""
+
+    async def main() -> int:
+        metrics = LagMetrics(CollectorRegistry())
+        nc = await nats.connect(config.nats_url, name="slm-lag-monitor", max_reconnect_attempts=-1)
+        monitor = LagMonitor(nc, Names(config.prefix), config.lag_interval,
+                             on_snapshot=metrics.update, on_error=metrics.failed)
+        start_metrics(config.metrics_host, config.metrics_port, metrics.registry)
+        _on_signals(monitor.stop)
+        try:
+            await monitor.run()
+        finally:
+            await nc.drain()
+        return 0
 
     return int(_run(main))
