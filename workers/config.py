@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from subjects.names import slug
+
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
@@ -27,3 +29,15 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     sim_time_scale: float = 1.0
     sim_cache_blocks: int = 4096
     metrics_host: str = "0.0.0.0"  # address /metrics listens on (all interfaces: containers)
+    model_path: str = ""  # vLLM engine: a local Hugging Face model folder
+
+
+def replica_from_hostname(hostname: str) -> str:
+    """A replica id from the host name, for workers started without SLM_REPLICA.
+
+    Under ``docker compose up --scale worker-code=3`` every container runs the same
+    command with the same environment, but each has its own host name (its container id),
+    so the replicas get distinct ids and so distinct queues and consumers.
+    """
+    token = slug(hostname) if any(c.isalnum() for c in hostname) else ""
+    return token[:64] or "r0"

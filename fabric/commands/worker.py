@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
 from fabric.serve import serve_worker, setup_logging
-from subjects.env import read_config
+from subjects.env import env_name, read_config
 from subjects.names import check_token, slug
-from workers.config import WorkerConfig
+from workers.config import WorkerConfig, replica_from_hostname
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    replica = check_token("replica", args.replica) if args.replica else _default_replica()
     config = read_config(
         WorkerConfig, os.environ, model=args.model and slug(args.model),
-        replica=args.replica and check_token("replica", args.replica), engine=args.engine,
+        replica=replica, engine=args.engine,
         nats_url=args.nats_url, prefix=args.prefix, max_inflight=args.max_inflight,
         metrics_port=args.metrics_port, sim_time_scale=args.sim_time_scale,
     )
     return serve_worker(config)
+
+
+def _default_replica() -> str | None:
+    """Without --replica or SLM_REPLICA, name the replica after its host (compose --scale)."""
+    return None if os.environ.get(env_name("replica")) else replica_from_hostname(socket.gethostname())

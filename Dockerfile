@@ -1,0 +1,25 @@
+# The fabric's CPU image: routers, simulated workers and the lag monitor.
+#   docker build -t slm-fabric .            (compose.yaml builds it for you)
+# GPU workers use Dockerfile.vllm instead: the same code on top of vLLM's CUDA image.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# Only what the package needs (.dockerignore keeps the rest of the tree out).
+COPY pyproject.toml README.md ./
+COPY subjects ./subjects
+COPY router ./router
+COPY workers ./workers
+COPY fabric ./fabric
+RUN pip install . \
+    && useradd --system --uid 10001 --no-create-home slm
+
+USER slm
+# /metrics of whichever component runs (SLM_METRICS_PORT in compose.yaml).
+EXPOSE 9100
+ENTRYPOINT ["slm-fabric"]
+CMD ["router"]
