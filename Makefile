@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test lint typecheck bench clean
+.PHONY: help venv demo test lint typecheck bench clean ops-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ demo: $(STAMP)  ## run a local fabric (embedded NATS, router, 5 simulated worker
 
 test: $(STAMP)  ## run the test suite against real nats-servers
 	$(PY) -m pytest -q
+
+ops-check: $(STAMP)  ## deployment checks without Docker: compose schema, promtool, live Prometheus
+	$(PY) -m pytest -q tests/test_compose.py tests/test_prometheus.py
 
 lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/ruff check subjects router workers fabric tests bench

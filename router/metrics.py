@@ -110,6 +110,7 @@ class RouterMetrics:
 
     def replicas_seen(self, model: str, beats: Iterable[Heartbeat]) -> None:
         """Set the live-replica gauges of ``model`` from its current heartbeats."""
+        self.queue_full.labels(model)  # a served model's series exists before its first refusal
         counts = dict.fromkeys(REPLICA_STATES, 0)
         for beat in beats:
             counts[replica_state(beat)] += 1
