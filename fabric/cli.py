@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "ask": "fabric.commands.ask",
     "router": "fabric.commands.router",
     "worker": "fabric.commands.worker",
+    "train-scorer": "fabric.commands.train_scorer",
+    "classify": "fabric.commands.classify",
+    "replay-decisions": "fabric.commands.replay_decisions",
     "lag": "fabric.commands.lag",
 }
 

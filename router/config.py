@@ -19,3 +19,9 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int = 0  # 0 = no /metrics endpoint
     models: tuple[str, ...] = ()  # empty = the rule set's models
     metrics_host: str = "0.0.0.0"  # address /metrics listens on (all interfaces: containers)
+    # ---- model choice (router.rules, router.scorer) -----------------------------------
+    rules_path: str = ""  # rules TOML; "" = the shipped router/data/rules.toml
+    rules_poll: float = 2.0  # seconds between checks of the rules file's mtime; 0 = SIGHUP only
+    scorer_path: str = ""  # scorer model file; "" = the shipped router/data/scorer.msgpack.z
+    session_capacity: int = 100_000  # sessions the sticky-session table remembers (LRU)
+    decision_log: str = ""  # append every decision to this file (router.decision_log); "" = off

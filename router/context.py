@@ -1,7 +1,13 @@
 """Feature extraction: a ChatRequest becomes a compact RoutingContext.
 
-Pure and cheap: a few regex scans over a bounded window of the prompt, one xxhash pass
-for the prefix hashes, no tokenizer and no model call.
+The budget is a few microseconds per request in pure Python, so the prompt is read once:
+a bounded window (the head and the tail of the conversation) is lowercased and split into
+word tokens by one ``bytes.translate`` + ``split`` (both C loops). Every text signal —
+code markers, JSON-only asks, the safety lexicon, the scorer's features — is then a set
+membership test on those tokens, whose ``str`` hashes CPython computes once and caches.
+Regexes are avoided on purpose: an alternation costs ~50 ns per character scanned, which
+is the whole budget for a 1 KB prompt. One xxhash pass over the full prompt gives the
+prefix hashes; the token estimate comes from lengths only (no tokenizer).
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 import enum
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import xxhash
 
@@ -18,16 +26,47 @@ from subjects.messages import (
     SafetyCategory,
     Script,
     Structured,
+    TaskClass,
 )
+
+if TYPE_CHECKING:
+    from router.scorer import Scorer
 
 # Prompt text is hashed in fixed-size blocks; hashes are chained, so hash i names the
 # whole prompt up to the end of block i. 2,048 characters is about 512 tokens of English.
+# Replica choice and the trace replay depend on exactly this scheme: change it only
+# together with them.
 PREFIX_BLOCK_CHARS = 2048
 MAX_PREFIX_BLOCKS = 64
-# Pattern scans look at the start and the end of long prompts only: the ask is usually
-# at one end, and the cost must not grow with a 32 KB paste.
-SCAN_WINDOW_CHARS = 1024
+
+# The scan window: the ask is usually at the start or the end of a prompt, and the cost
+# must not grow with a 32 KB paste. Tokenising costs ~60 ns a word here, so 1.5 KB of
+# window (~250 words) is the most the 50 µs decision budget can carry.
+HEAD_CHARS = 1024
+TAIL_CHARS = 512
+
+# The rough conversion other components use (2,048 characters ≈ 512 tokens).
 CHARS_PER_TOKEN = 4.0
+# Token estimate (no tokenizer at run time): a linear function of the scan window's
+# letters-and-digits, words, digits and punctuation, scaled to the whole prompt, plus one
+# token per EXTRA_BYTES_PER_TOKEN UTF-8 bytes beyond one a character (non-Latin scripts
+# cost more tokens a character). A BPE spends about a token a word, a token a digit
+# (SmolLM2 splits numbers into digits) and a token a punctuation mark. Coefficients fitted
+# (least relative error) against SmolLM2's tokenizer on dev.jsonl; bench/token_estimate.py
+# measures the error and the README quotes it.
+TOKENS_PER_ALNUM = 0.0374
+TOKENS_PER_WORD = 0.9188
+TOKENS_PER_DIGIT = 0.8053
+TOKENS_PER_PUNCT = 1.1996
+EXTRA_BYTES_PER_TOKEN = 2.0
+MAX_CHARS_PER_TOKEN = 8  # no real text packs more characters into a token than this
+
+# bytes.translate table: ASCII letters lowercased, digits kept, every other ASCII byte a
+# space; bytes >= 0x80 (UTF-8 of non-ASCII letters) pass through so words stay whole.
+_WORD_BYTES = bytes(
+    c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c >= 128) else 32
+    for c in range(256)
+)
 
 
 class CodeMarker(enum.IntFlag):
@@ -39,30 +78,63 @@ class CodeMarker(enum.IntFlag):
     WRITE_CODE_ASK = 32
 
 
-_CODE_PATTERNS: tuple[tuple[CodeMarker, re.Pattern[str]], ...] = (
-    (CodeMarker.FENCE, re.compile(r"```")),
-    (CodeMarker.STACK_TRACE, re.compile(r"Traceback \(most recent call last\)|^\s+at [\w.$]+\(", re.M)),
-    (CodeMarker.COMPILER_ERROR, re.compile(r"\b(?:error|warning)(?:\[\w+\])?: |\bSyntaxError\b|\bTypeError\b|undefined reference")),
-    (CodeMarker.FILE_PATH, re.compile(r"\b[\w./-]+\.(?:py|js|ts|go|rs|java|cpp|c|h|rb|sh)\b")),
-    (CodeMarker.KEYWORDS, re.compile(r"\b(?:def|class|import|return|function|const|fn|public static|#include)\b")),
-    (CodeMarker.WRITE_CODE_ASK, re.compile(r"\b(?:write|implement|create|fix|debug)\b.{0,40}\b(?:function|program|script|class|method|code|regex|query)\b", re.I)),
+# Words that name a program construct and hardly ever appear in prose. Words that prose
+# uses too ("return", "import", "class", "function") are left to the scorer.
+_CODE_KEYWORDS = frozenset(
+    "def elif lambda printf println nullptr struct namespace void func fn kwargs isinstance "
+    "ifdef endif iostream cout malloc typedef impl boolean bool".split()
 )
-_JSON_ONLY = re.compile(r"\b(?:json only|only json|respond in json|return json|as json|in json format|valid json)\b", re.I)
+# Exception names and compiler words: any one of them marks a compiler/runtime error.
+_ERROR_WORDS = frozenset(
+    "syntaxerror typeerror valueerror nameerror indexerror keyerror attributeerror "
+    "importerror modulenotfounderror zerodivisionerror runtimeerror nullpointerexception "
+    "segfault stacktrace".split()
+)
+_STACK_TRACE_TEXT = ("traceback (most recent call last)", "\n    at ", "exception in thread")
+_ERROR_TEXT = ("error:", "error[", "undefined reference", "segmentation fault")
+# No one-letter suffixes: ".c" and ".h" match abbreviations like "D.C.".
+_SOURCE_SUFFIXES = (".py", ".js", ".ts", ".rs", ".cpp", ".hpp", ".java", ".rb", ".go", ".sh")
+_ASK_VERBS = frozenset("write implement create develop build generate fix debug refactor complete".split())
+_ASK_OBJECTS = frozenset(
+    "function functions program script class method code regex query sql python javascript "
+    "java typescript rust golang algorithm api snippet".split()
+)
+_ASK_WORDS = 24  # the ask verb and its object must sit in the first words of the prompt
+_ASK_REACH = 4  # ... and the object within this many words after the verb
+_JSON_ASK = frozenset("only valid format respond reply return output schema strictly".split())
 
-_SAFETY_PATTERNS: tuple[tuple[SafetyCategory, re.Pattern[str]], ...] = (
-    (SafetyCategory.WEAPONS, re.compile(r"\b(?:bomb|explosive|firearm|weapon|gun)s?\b", re.I)),
-    (SafetyCategory.CYBER, re.compile(r"\b(?:malware|ransomware|hack into|exploit|keylogger|phishing)\b", re.I)),
-    (SafetyCategory.SELF_HARM, re.compile(r"\b(?:suicide|self-harm|kill myself)\b", re.I)),
-    (SafetyCategory.VIOLENCE, re.compile(r"\b(?:murder|assault|poison|kidnap)\b", re.I)),
-    (SafetyCategory.DRUGS, re.compile(r"\b(?:meth|cocaine|heroin|fentanyl)\b", re.I)),
-    (SafetyCategory.FRAUD, re.compile(r"\b(?:counterfeit|launder|scam|steal)\w*\b", re.I)),
-    (SafetyCategory.HATE, re.compile(r"\b(?:racist|genocide|ethnic cleansing)\b", re.I)),
+# The safety lexicon: which kind of harm a prompt *talks about*. Words alone cannot tell
+# "kill a Python process" from "kill a person" (the XSTest contrast set), so the default
+# rules send a request to the policy model on the scorer's safety score, which uses these
+# words as features among many; the category is a label for logs and custom rules.
+_SAFETY_WORDS: tuple[tuple[SafetyCategory, frozenset[str]], ...] = (
+    (SafetyCategory.SELF_HARM, frozenset("suicide suicidal selfharm myself overdose".split())),
+    (SafetyCategory.WEAPONS, frozenset(
+        "bomb bombs explosive explosives firearm firearms gun guns weapon weapons rifle "
+        "grenade ammunition detonate detonator".split())),
+    (SafetyCategory.CYBER, frozenset(
+        "malware ransomware virus keylogger phishing exploit exploits hack hacking botnet "
+        "ddos spyware trojan rootkit".split())),
+    (SafetyCategory.VIOLENCE, frozenset(
+        "kill killing murder murdering assault poison poisoning kidnap kidnapping torture "
+        "stab strangle shoot shooting massacre assassinate assassination attack hostage "
+        "behead execute".split())),
+    (SafetyCategory.DRUGS, frozenset(
+        "meth methamphetamine cocaine coke crack heroin fentanyl lsd marijuana marihuana "
+        "mdma opioids drugs".split())),
+    (SafetyCategory.FRAUD, frozenset(
+        "counterfeit launder laundering scam scams fraud steal stealing theft identity "
+        "forge forged embezzle insider".split())),
+    (SafetyCategory.HATE, frozenset(
+        "racist racism genocide supremacy supremacist slur slurs discriminate "
+        "discrimination".split())),
+    (SafetyCategory.SEXUAL, frozenset("rape pedophilia porn pornography explicit molest".split())),
 )
 
-# (first code point, last code point, script); checked in order on a sample of characters.
+# (first code point, last code point, script), for non-Latin script detection.
 _SCRIPT_RANGES: tuple[tuple[int, int, Script], ...] = (
-    (0x0400, 0x04FF, Script.CYRILLIC),
     (0x0370, 0x03FF, Script.GREEK),
+    (0x0400, 0x04FF, Script.CYRILLIC),
     (0x0590, 0x05FF, Script.HEBREW),
     (0x0600, 0x06FF, Script.ARABIC),
     (0x0900, 0x097F, Script.DEVANAGARI),
@@ -71,6 +143,38 @@ _SCRIPT_RANGES: tuple[tuple[int, int, Script], ...] = (
     (0x4E00, 0x9FFF, Script.CJK),
     (0xAC00, 0xD7AF, Script.HANGUL),
 )
+_NON_LATIN = re.compile("[^\x00-\u036f\u1e00-\u1eff\u2000-\u206f]")  # one class: a C loop
+_SCRIPT_SAMPLE_CHARS = 512
+_SCRIPT_VOTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class TextView:
+    """The prompt as the policy reads it, computed once per request.
+
+    ``words`` are the lowercased word tokens of the scan window in order; ``word_set`` the
+    same as a set (the scorer and every lexicon test share it); ``window`` the lowercased
+    window text for the few substring tests that need punctuation.
+    """
+
+    text: str
+    utf8: bytes
+    window: str
+    words: list[str]
+    word_set: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """The context's request-level signals, before scoring."""
+
+    prompt_tokens: int
+    code_markers: int
+    structured: Structured
+    script: Script
+    safety: SafetyCategory
+    question: bool  # the window holds a question mark
+    digits: int  # number tokens in the window (word problems are full of them)
 
 
 def prompt_text(request: ChatRequest) -> str:
@@ -79,57 +183,133 @@ def prompt_text(request: ChatRequest) -> str:
 
 
 def estimate_tokens(text: str) -> int:
-    return int(len(text) / CHARS_PER_TOKEN) + 1
+    """Tokens a typical SLM tokenizer makes of ``text`` (no tokenizer call)."""
+    return estimate_view_tokens(read_text(text))
+
+
+def estimate_view_tokens(view: TextView) -> int:
+    words, window = view.words, view.window
+    alnum = sum(map(len, words))
+    digits = sum(map(len, filter(str.isdigit, words)))
+    punct = len(window) - alnum - window.count(" ") - window.count("\n")
+    in_window = (TOKENS_PER_ALNUM * alnum + TOKENS_PER_WORD * len(words)
+                 + TOKENS_PER_DIGIT * digits + TOKENS_PER_PUNCT * max(punct, 0))
+    scale = len(view.text) / len(window) if window else 0.0
+    extra = (len(view.utf8) - len(view.text)) / EXTRA_BYTES_PER_TOKEN
+    # The floor guards windows unlike the rest of the prompt (one 1 KB "word" of padding).
+    return max(int(in_window * scale + extra + 0.5), len(view.text) // MAX_CHARS_PER_TOKEN, 1)
 
 
 def scan_window(text: str) -> str:
-    if len(text) <= 2 * SCAN_WINDOW_CHARS:
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
         return text
-    return text[:SCAN_WINDOW_CHARS] + "\n" + text[-SCAN_WINDOW_CHARS:]
+    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
 
 
-def code_markers(window: str) -> int:
+def read_text(text: str) -> TextView:
+    """Tokenise the scan window of ``text`` (one translate, one split)."""
+    utf8 = text.encode("utf-8", "surrogatepass")
+    window = scan_window(text)
+    raw = utf8 if window is text else window.encode("utf-8", "surrogatepass")
+    words = raw.translate(_WORD_BYTES).decode("utf-8", "surrogatepass").split()
+    return TextView(text, utf8, window.lower(), words, frozenset(words))
+
+
+def read_request(request: ChatRequest) -> TextView:
+    return read_text(prompt_text(request))
+
+
+def code_markers(view: TextView) -> int:
+    words, window = view.word_set, view.window
     markers = 0
-    for marker, pattern in _CODE_PATTERNS:
-        if pattern.search(window):
-            markers |= marker
+    if "```" in window:
+        markers |= CodeMarker.FENCE
+    if any(marker in window for marker in _STACK_TRACE_TEXT):
+        markers |= CodeMarker.STACK_TRACE
+    if not words.isdisjoint(_ERROR_WORDS) or any(marker in window for marker in _ERROR_TEXT):
+        markers |= CodeMarker.COMPILER_ERROR
+    if _has_source_path(window):
+        markers |= CodeMarker.FILE_PATH
+    if not words.isdisjoint(_CODE_KEYWORDS):
+        markers |= CodeMarker.KEYWORDS
+    if _has_code_ask(view.words[:_ASK_WORDS]):
+        markers |= CodeMarker.WRITE_CODE_ASK
     return markers
 
 
-def structured_kind(request: ChatRequest, window: str) -> Structured:
+def _has_code_ask(head: list[str]) -> bool:
+    """An ask verb followed closely by a program noun: "write a python function"."""
+    if _ASK_VERBS.isdisjoint(head) or _ASK_OBJECTS.isdisjoint(head):
+        return False  # the common case, decided by two C-level set scans
+    for i, word in enumerate(head):
+        if word in _ASK_VERBS and not _ASK_OBJECTS.isdisjoint(head[i + 1 : i + 1 + _ASK_REACH]):
+            return True
+    return False
+
+
+def _has_source_path(window: str) -> bool:
+    """A word followed by a source-file suffix, e.g. ``utils/io.py`` or ``main.rs:12``."""
+    for suffix in _SOURCE_SUFFIXES:
+        at = window.find(suffix)
+        while at > 0:
+            end = at + len(suffix)
+            if window[at - 1].isalnum() and (end == len(window) or not window[end].isalnum()):
+                return True
+            at = window.find(suffix, end)
+    return False
+
+
+def structured_kind(request: ChatRequest, view: TextView) -> Structured:
     if request.tools:
         return Structured.TOOLS
     if request.response_format and request.response_format.get("type") in ("json_object", "json_schema"):
         return Structured.RESPONSE_FORMAT
-    if _JSON_ONLY.search(window):
+    if "json" in view.word_set and not view.word_set.isdisjoint(_JSON_ASK):
         return Structured.JSON_TEXT
     return Structured.NONE
 
 
-def detect_script(window: str, sample: int = 256) -> Script:
-    counts: dict[Script, int] = {}
-    letters = 0
-    for ch in window[:sample]:
-        code = ord(ch)
-        if code < 0x0370:
-            if ch.isalpha():
-                letters += 1
-            continue
-        for low, high, script in _SCRIPT_RANGES:
-            if low <= code <= high:
-                counts[script] = counts.get(script, 0) + 1
-                break
-    if not counts:
+def detect_script(window: str) -> Script:
+    """The dominant writing system of the window: Latin unless other letters dominate."""
+    if window.isascii():  # O(1) in CPython: the string knows it is ASCII
         return Script.LATIN
-    best, n = max(counts.items(), key=lambda kv: kv[1])
-    return best if n >= letters else Script.LATIN
+    sample = window[:_SCRIPT_SAMPLE_CHARS]
+    others = _NON_LATIN.findall(sample)
+    if 3 * len(others) < len(sample) - sample.count(" "):
+        return Script.LATIN
+    votes: dict[Script, int] = {}
+    for ch in others[:_SCRIPT_VOTES]:
+        script = _script_of(ord(ch))
+        votes[script] = votes.get(script, 0) + 1
+    return max(votes.items(), key=lambda kv: kv[1])[0]
 
 
-def safety_category(window: str) -> SafetyCategory:
-    for category, pattern in _SAFETY_PATTERNS:
-        if pattern.search(window):
+def _script_of(code: int) -> Script:
+    for low, high, script in _SCRIPT_RANGES:
+        if low <= code <= high:
+            return script
+    return Script.OTHER
+
+
+def safety_category(words: frozenset[str]) -> SafetyCategory:
+    """The first harm category whose words the prompt uses (NONE when it uses none)."""
+    for category, lexicon in _SAFETY_WORDS:
+        if not words.isdisjoint(lexicon):
             return category
     return SafetyCategory.NONE
+
+
+def read_signals(request: ChatRequest, view: TextView) -> Signals:
+    words = view.words
+    return Signals(
+        prompt_tokens=estimate_view_tokens(view),
+        code_markers=code_markers(view),
+        structured=structured_kind(request, view),
+        script=detect_script(view.window),
+        safety=safety_category(view.word_set),
+        question="?" in view.window,
+        digits=sum(map(str.isdigit, words)),
+    )
 
 
 def stable_hash(text: str) -> int:
@@ -137,9 +317,10 @@ def stable_hash(text: str) -> int:
     return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass")) >> 1
 
 
-def prefix_hashes(text: str) -> tuple[int, ...]:
-    """Chained hashes at every full block boundary, and one for the whole prompt."""
-    data = text.encode("utf-8", "surrogatepass")
+def prefix_hashes(text: str, data: bytes | None = None) -> tuple[int, ...]:
+    """Chained hashes at every full block boundary (block i's hash covers blocks 0..i)."""
+    if data is None:
+        data = text.encode("utf-8", "surrogatepass")
     step = PREFIX_BLOCK_CHARS
     hashes: list[int] = []
     h = 0
@@ -175,26 +356,66 @@ class PrefixMemory:
 def build_context(
     request: ChatRequest,
     memory: PrefixMemory | None = None,
-    complexity: float = 0.0,
+    scorer: Scorer | None = None,
 ) -> RoutingContext:
-    text = prompt_text(request)
-    window = scan_window(text)
-    hashes = prefix_hashes(text)
-    session = request.session
+    """The request's RoutingContext; scorer fields stay neutral when no scorer is given."""
+    view = read_request(request)
+    signals = read_signals(request, view)
+    hashes = prefix_hashes(view.text, view.utf8)
     seen = 0
     if memory is not None:
         seen = memory.seen_depth(hashes)
         memory.remember(hashes)
+    session = request.session
+    if scorer is not None:
+        scores = scorer.score(view, signals)
+        scorer_class, confidence = scores.best, scores.confidence
+        complexity, safety_score = scores.complexity, scores.safety
+    else:
+        scorer_class, confidence, complexity, safety_score = TaskClass.GENERAL, 0.0, 0.0, 0.0
     return RoutingContext(
-        prompt_tokens=estimate_tokens(text),
-        code_markers=code_markers(window),
-        structured=structured_kind(request, window),
-        script=detect_script(window),
-        safety=safety_category(window),
+        prompt_tokens=signals.prompt_tokens,
+        code_markers=signals.code_markers,
+        structured=signals.structured,
+        script=signals.script,
+        safety=signals.safety,
         session_hash=stable_hash(session) if session else 0,
         prefix_hashes=hashes,
         prefix_seen_depth=seen,
         complexity=complexity,
         requested_model="" if request.model == "auto" else request.model,
         max_tokens=request.max_tokens or 0,
+        scorer_class=scorer_class,
+        scorer_confidence=confidence,
+        safety_score=safety_score,
     )
+
+
+class BadContext(ValueError):
+    """Raised when a RoutingContext read back from a log or another process holds a value
+    the router could never have built; names the field. Not recoverable for that record."""
+
+
+_CODE_MARKER_MASK = sum(CodeMarker)
+_UNIT_FIELDS = ("complexity", "scorer_confidence", "safety_score")
+_COUNT_FIELDS = ("prompt_tokens", "prefix_seen_depth", "max_tokens")
+
+
+def check_context(ctx: RoutingContext) -> None:
+    """Range checks the wire types cannot express (msgspec already checks the types)."""
+    for name in _COUNT_FIELDS:
+        if getattr(ctx, name) < 0:
+            raise BadContext(f"{name}: must be >= 0, not {getattr(ctx, name)!r}")
+    for name in _UNIT_FIELDS:
+        value = getattr(ctx, name)
+        if not 0.0 <= value <= 1.0:  # also false for NaN
+            raise BadContext(f"{name}: must be a probability in [0, 1], not {value!r}")
+    if ctx.code_markers & ~_CODE_MARKER_MASK or ctx.code_markers < 0:
+        raise BadContext(f"code_markers: {ctx.code_markers!r} has bits outside {_CODE_MARKER_MASK}")
+    if not 0 <= ctx.session_hash < 1 << 63:
+        raise BadContext(f"session_hash: must be a 63-bit hash, not {ctx.session_hash!r}")
+    if len(ctx.prefix_hashes) > MAX_PREFIX_BLOCKS:
+        raise BadContext(f"prefix_hashes: {len(ctx.prefix_hashes)} hashes; at most {MAX_PREFIX_BLOCKS}")
+    if ctx.prefix_seen_depth > len(ctx.prefix_hashes):
+        raise BadContext(f"prefix_seen_depth: {ctx.prefix_seen_depth} is deeper than the "
+                         f"{len(ctx.prefix_hashes)} prefix hashes")

@@ -6,53 +6,47 @@ so the same inputs give the same decision on every router and in replays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.context import PrefixMemory, build_context
 from router.registry import ReplicaTable
 from router.replicas import order_replicas
-from router.rules import RuleSet
+from router.rules import ModelChoice, RuleSet, UnknownModel, decide_model
+from router.scorer import Scorer
+from router.sessions import SessionTable
 from subjects.messages import (
     CacheClass,
     ChatRequest,
-    DecisionPath,
     RoutingContext,
-    TaskClass,
 )
-from subjects.names import ANY_REPLICA, slug
+from subjects.names import ANY_REPLICA
 
-
-class UnknownModel(ValueError):
-    """Raised when a request names a model the fleet does not serve; the client's error."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelChoice:
-    model: str
-    task_class: TaskClass
-    path: DecisionPath
+__all__ = ["ModelChoice", "Policy", "UnknownModel"]
 
 
 @dataclass(slots=True)
 class Policy:
     rules: RuleSet
     memory: PrefixMemory
+    scorer: Scorer | None = None  # None: scorer fields stay neutral, scorer rules rarely match
+    sessions: SessionTable = field(default_factory=SessionTable)
 
     def context(self, request: ChatRequest) -> RoutingContext:
-        return build_context(request, self.memory)
+        return build_context(request, self.memory, self.scorer)
 
-    def choose_model(self, ctx: RoutingContext) -> ModelChoice:
-        if ctx.requested_model:
-            wanted = slug(ctx.requested_model)
-            for task_class, model in self.rules.models.items():
-                if model == wanted:
-                    return ModelChoice(model, task_class, DecisionPath.EXPLICIT)
-            raise UnknownModel(
-                f"model {ctx.requested_model!r} is not served here; "
-                f"use 'auto' or one of {sorted(self.rules.served_models())}"
-            )
-        task_class, path = self.rules.task_class(ctx)
-        return ModelChoice(self.rules.models[task_class], task_class, path)
+    def choose_model(self, ctx: RoutingContext, now: float = 0.0) -> ModelChoice:
+        """The model for ``ctx`` (router.rules.decide_model), remembering the session.
+
+        ``now`` is the router's clock (seconds) for the sticky-session table. Raises
+        UnknownModel when the request names a model the rules do not serve.
+        """
+        warm = ""
+        if ctx.session_hash:
+            warm = self.sessions.warm_model(ctx.session_hash, now, self.rules.sticky_ttl)
+        choice = decide_model(self.rules, ctx, warm)
+        if ctx.session_hash:
+            self.sessions.touch(ctx.session_hash, choice.model, now)
+        return choice
 
     def choose_replicas(
         self, ctx: RoutingContext, model: str, table: ReplicaTable

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,10 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from router.config import RouterConfig
 from router.context import PrefixMemory
+from router.decision_log import DecisionLog
 from router.metrics import RouterMetrics
 from router.policy import Policy, UnknownModel
 from router.registry import ReplicaTable
-from router.rules import DEFAULT_RULES, RuleSet
+from router.rules import RulesError, RuleSet, load_rules
+from router.scorer import shared_scorer
+from router.sessions import SessionTable
 from subjects import codec
 from subjects.codec import BadMessage
 from subjects.messages import ChatRequest, ErrorCode, ErrorReply, WorkItem
@@ -65,15 +71,25 @@ def validate(request: ChatRequest) -> None:
 @dataclass
 class Router:
     config: RouterConfig
-    rules: RuleSet = DEFAULT_RULES
+    rules: RuleSet | None = None  # None: SLM_RULES_PATH, else the shipped rules
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
         self.names = Names(self.config.prefix)
-        self.policy = Policy(self.rules, PrefixMemory())
+        # Model choice: the scorer is loaded once per process; rules resolve "calibrated"
+        # thresholds from it. A bad file fails the start with an error naming it.
+        self.scorer = shared_scorer(self.config.scorer_path)
+        rules = self.rules or load_rules(self.config.rules_path or None, self.scorer.thresholds)
+        self.rules = rules
+        self.policy = Policy(rules, PrefixMemory(), scorer=self.scorer,
+                             sessions=SessionTable(self.config.session_capacity))
+        self._reload_requested = asyncio.Event()
+        self.sighup_installed = False
+        self.decision_log = (DecisionLog(self.config.decision_log, rules, time.time())
+                             if self.config.decision_log else None)
         self.table = ReplicaTable(ttl=self.config.replica_ttl)
         self.metrics = RouterMetrics(self.registry)
-        self.models = tuple(self.config.models) or tuple(sorted(self.rules.served_models()))
+        self.models = tuple(self.config.models) or tuple(sorted(rules.served_models()))
         self._inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self.config.concurrency * 4)
         self.metrics.watch_inbox(self._inbox.qsize)
         self._stopping = asyncio.Event()
@@ -105,6 +121,10 @@ class Router:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch_registry(watcher), name="registry-watch")
                 tasks.create_task(self._expire_replicas(), name="registry-expire")
+                self._install_sighup()
+                tasks.create_task(self._watch_rules(), name="rules-watch")
+                if self.decision_log is not None:
+                    tasks.create_task(self._flush_decisions(self.decision_log), name="decision-log")
                 for i in range(self.config.concurrency):
                     tasks.create_task(self._serve(), name=f"route-{i}")
                 self.ready.set()
@@ -115,12 +135,79 @@ class Router:
         except* _Stopped:
             pass
         finally:
+            self._stop_sighup()
+            if self.decision_log is not None:
+                self.decision_log.flush()
             await watcher.stop()
             await self.nc.drain()
             log.info("router stopped: %d routed, %d errors", self.routed, self.rejected)
 
     def stop(self) -> None:
         self._stopping.set()
+
+    # ---- rules reload (SIGHUP or a changed file) and the decision log -------------------
+    def request_rules_reload(self) -> None:
+        """Ask the rules-watch task to re-read the rules file (the SIGHUP handler)."""
+        self._reload_requested.set()
+
+    def reload_rules(self) -> bool:
+        """Re-read SLM_RULES_PATH; on any problem keep the current rules and log it."""
+        path = self.config.rules_path
+        if not path:
+            log.warning("rules reload asked for, but SLM_RULES_PATH is not set: keeping the shipped rules")
+            return False
+        try:
+            rules = load_rules(path, self.scorer.thresholds)
+        except RulesError as exc:
+            log.error("rules reload failed, keeping the previous rules: %s", exc)
+            return False
+        if missing := sorted(rules.served_models() - set(self.models)):
+            log.error("rules reload refused, keeping the previous rules: %s names models %s that "
+                      "this router has no work stream for (it serves %s; restart to add models)",
+                      path, missing, ", ".join(self.models))
+            return False
+        self.rules = rules
+        self.policy.rules = rules
+        if self.decision_log is not None:
+            self.decision_log.rules_changed(rules, time.time())
+        log.info("rules reloaded from %s: %d rules, digest %s", path, len(rules.rules), rules.digest)
+        return True
+
+    def _install_sighup(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers live on the main thread's loop only
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_rules_reload)
+        self.sighup_installed = True
+
+    def _stop_sighup(self) -> None:
+        if self.sighup_installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self.sighup_installed = False
+
+    async def _watch_rules(self) -> None:
+        """Reload on SIGHUP, and when the rules file's mtime changes (every rules_poll s)."""
+        path, poll = self.config.rules_path, self.config.rules_poll
+        last = _mtime(path)
+        while True:
+            try:
+                await asyncio.wait_for(self._reload_requested.wait(), poll if path and poll > 0 else None)
+            except TimeoutError:
+                pass
+            asked = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            current = _mtime(path)
+            if asked or current != last:
+                last = current
+                self.reload_rules()
+
+    async def _flush_decisions(self, decisions: DecisionLog, interval: float = 0.25) -> None:
+        """Write queued decisions from a worker thread, so file I/O never blocks routing."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(decisions.flush)
+            except OSError as exc:
+                log.error("cannot write decision log %s: %s", decisions.path, exc)
 
     async def _enqueue(self, msg: Msg) -> None:
         await self._inbox.put(msg)
@@ -187,7 +274,7 @@ class Router:
         ctx = self.policy.context(request)
         t1 = time.perf_counter()
         try:
-            choice = self.policy.choose_model(ctx)
+            choice = self.policy.choose_model(ctx, time.monotonic())
         except UnknownModel as exc:
             raise Rejected(ErrorCode.UNKNOWN_MODEL, str(exc)) from exc
         t2 = time.perf_counter()
@@ -218,6 +305,8 @@ class Router:
                     continue  # that queue is full: try the next replica
                 raise
             self.metrics.decided(choice.model, choice.task_class.name.lower(), choice.path, cache_class)
+            if self.decision_log is not None:
+                self.decision_log.record(now, ctx, choice, replica)
             self.metrics.hop_seconds.observe(time.perf_counter() - received)
             self.routed += 1
             return
@@ -231,6 +320,13 @@ class Router:
         if reply and self.nc is not None:
             await self.nc.publish(reply, codec.encode_reply(
                 ErrorReply(request_id=request_id, code=code.value, message=message)))
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns if path else 0
+    except OSError:
+        return 0  # a missing file is a change when it reappears; reload reports the error
 
 
 class _Stopped(Exception):

@@ -174,6 +174,7 @@ class RoutingContext(msgspec.Struct, frozen=True, array_like=True, gc=False):
     max_tokens: int
     scorer_class: TaskClass = TaskClass.GENERAL  # the scorer's best guess
     scorer_confidence: float = 0.0
+    safety_score: float = 0.0  # the scorer's probability that the request is unsafe
 
 
 class Decision(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -1,0 +1,270 @@
+"""Decision time per request by stage, and the sticky-session bounce rate.
+
+Stages, timed as router.service times them, with the shipped scorer and rules:
+  context  request → RoutingContext (tokenise the window, signals, scorer, prefix hashes)
+  model    RoutingContext → model (rules, explicit model, sticky sessions)
+  replica  model → ordered replicas (router.replicas, whichever version is on the tree)
+over every dev prompt (../shared/data/prompts/dev.jsonl), at 4, 64 and 1,024 live
+replicas per model, and over synthetic long prompts (a dev prompt's ask after a document
+made of other dev prompts) of 8 KB, ~8k tokens and 32 KB. The baseline, timed side by side
+in the same run on the same prompts, is the first-cut context extraction this replaced
+(a dozen regex scans over 1 KB at each end of the prompt, no scorer).
+
+Bounce rate: synthetic multi-turn sessions from dev prompts (each turn appends a user
+message to the conversation; 70% of follow-ups come from the first turn's source, 30%
+from anywhere), routed with and without the sticky-session table. A bounce is a turn
+that goes to a different model than the turn before it in the same session.
+
+Run: make bench-decision  (or python -m bench.decision [--data PATH] [--quick])
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import random
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from bench.results import machine, percentile, write_section
+from router.context import PrefixMemory, estimate_tokens
+from router.policy import Policy
+from router.registry import ReplicaTable
+from router.rules import load_rules
+from router.scorer import shared_scorer
+from router.sessions import SessionTable
+from subjects.messages import ChatMessage, ChatRequest, Heartbeat
+
+REPO = Path(__file__).resolve().parents[1]
+DEV = REPO.parent / "shared" / "data" / "prompts" / "dev.jsonl"
+MODELS = ("extraction", "code", "reasoning", "safety", "general")
+REPLICA_COUNTS = (4, 64, 1024)
+LONG_SIZES = (("8 KB", 8 * 1024), ("~8k tokens", 31_500), ("32 KB", 32 * 1024))
+
+
+# ---- the baseline: the first-cut context extraction (regex scans), kept here to compare ----
+
+_FIRST_CUT_PATTERNS = [re.compile(p, f) for p, f in [
+    (r"```", 0),
+    (r"Traceback \(most recent call last\)|^\s+at [\w.$]+\(", re.M),
+    (r"\b(?:error|warning)(?:\[\w+\])?: |\bSyntaxError\b|\bTypeError\b|undefined reference", 0),
+    (r"\b[\w./-]+\.(?:py|js|ts|go|rs|java|cpp|c|h|rb|sh)\b", 0),
+    (r"\b(?:def|class|import|return|function|const|fn|public static|#include)\b", 0),
+    (r"\b(?:write|implement|create|fix|debug)\b.{0,40}\b(?:function|program|script|class|method|code|regex|query)\b", re.I),
+    (r"\b(?:json only|only json|respond in json|return json|as json|in json format|valid json)\b", re.I),
+    (r"\b(?:bomb|explosive|firearm|weapon|gun)s?\b", re.I),
+    (r"\b(?:malware|ransomware|hack into|exploit|keylogger|phishing)\b", re.I),
+    (r"\b(?:suicide|self-harm|kill myself)\b", re.I),
+    (r"\b(?:murder|assault|poison|kidnap)\b", re.I),
+    (r"\b(?:meth|cocaine|heroin|fentanyl)\b", re.I),
+    (r"\b(?:counterfeit|launder|scam|steal)\w*\b", re.I),
+    (r"\b(?:racist|genocide|ethnic cleansing)\b", re.I),
+]]
+
+
+def first_cut_context(request: ChatRequest) -> tuple[Any, ...]:
+    text = "".join(f"{m.role}\x1f{m.text()}\x1e" for m in request.messages)
+    window = text if len(text) <= 2048 else text[:1024] + "\n" + text[-1024:]
+    found = tuple(bool(p.search(window)) for p in _FIRST_CUT_PATTERNS)
+    data = text.encode("utf-8", "surrogatepass")
+    h, hashes = 0, []
+    for start in range(0, min(len(data), 2048 * 64) - 2048 + 1, 2048):
+        h = xxhash.xxh3_64_intdigest(data[start:start + 2048], h)
+        hashes.append(h >> 1)
+    return found, tuple(hashes), len(text) // 4
+
+
+# ---- workloads ----------------------------------------------------------------------------
+
+def load_prompts(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as lines:  # not splitlines(): prompts hold U+2028
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def as_request(row: dict[str, Any], **fields: Any) -> ChatRequest:
+    messages = [ChatMessage(role=m["role"], content=m["content"]) for m in row["request"]["messages"]]
+    return ChatRequest(messages=messages, tools=row["request"].get("tools"), **fields)
+
+
+def long_requests(rows: list[dict[str, Any]], size: int, count: int, rng: random.Random) -> list[ChatRequest]:
+    """A document of other dev prompts, then one dev prompt's ask, ``size`` characters in all."""
+    out = []
+    for _ in range(count):
+        ask = rng.choice(rows)["request"]["messages"][-1]["content"]
+        parts: list[str] = []
+        total = 0
+        while total < size - len(ask):
+            part = rng.choice(rows)["request"]["messages"][-1]["content"]
+            parts.append(part)
+            total += len(part) + 2
+        document = "\n\n".join(parts)[: max(size - len(ask) - 2, 0)]
+        out.append(ChatRequest(messages=[ChatMessage(role="user", content=document + "\n\n" + ask)]))
+    return out
+
+
+def replica_table(replicas: int) -> ReplicaTable:
+    table = ReplicaTable(ttl=1e9)
+    for model in MODELS:
+        for i in range(replicas):
+            table.apply(Heartbeat(model=model, replica=f"r{i}", capacity=16), now=0.0)
+    return table
+
+
+def new_policy() -> Policy:
+    scorer = shared_scorer()
+    return Policy(load_rules(None, scorer.thresholds), PrefixMemory(), scorer=scorer, sessions=SessionTable())
+
+
+# ---- timing -----------------------------------------------------------------------------------
+
+def time_stages(requests: list[ChatRequest], replicas: int) -> dict[str, list[float]]:
+    policy, table = new_policy(), replica_table(replicas)
+    placed = getattr(policy, "placed", None)  # replica choice's own bookkeeping, if it has any
+    clock = time.perf_counter_ns
+    out: dict[str, list[float]] = {"context": [], "model": [], "replica": [], "total": []}
+    for i, request in enumerate(requests):
+        t0 = clock()
+        ctx = policy.context(request)
+        t1 = clock()
+        choice = policy.choose_model(ctx, float(i))
+        t2 = clock()
+        candidates = policy.choose_replicas(ctx, choice.model, table)
+        t3 = clock()
+        if placed is not None and candidates:
+            placed(ctx, choice.model, candidates[0][0], table)
+        out["context"].append((t1 - t0) / 1e3)
+        out["model"].append((t2 - t1) / 1e3)
+        out["replica"].append((t3 - t2) / 1e3)
+        out["total"].append((t3 - t0) / 1e3)
+    return out
+
+
+def time_baseline(requests: list[ChatRequest]) -> list[float]:
+    clock = time.perf_counter_ns
+    out = []
+    for request in requests:
+        t0 = clock()
+        first_cut_context(request)
+        out.append((clock() - t0) / 1e3)
+    return out
+
+
+def p(values: list[float], q: float) -> str:
+    return f"{percentile(values, q):.1f}"
+
+
+# ---- bounce rate ----------------------------------------------------------------------------
+
+def sessions(rows: list[dict[str, Any]], count: int, rng: random.Random) -> list[list[ChatRequest]]:
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    out = []
+    for s in range(count):
+        first = rng.choice(rows)
+        turns = [first]
+        for _ in range(rng.randint(2, 7)):
+            pool = by_source[first["source"]] if rng.random() < 0.7 else rows
+            turns.append(rng.choice(pool))
+        history: list[ChatMessage] = []
+        requests = []
+        for turn in turns:
+            history = [*history, ChatMessage(role="user", content=turn["request"]["messages"][-1]["content"])]
+            requests.append(ChatRequest(messages=list(history), session_id=f"session-{s}"))
+            history.append(ChatMessage(role="assistant", content="(the answer)"))
+        out.append(requests)
+    return out
+
+
+def bounce_rate(conversations: list[list[ChatRequest]], sticky: bool) -> tuple[float, Counter[str], int]:
+    policy = new_policy()
+    if not sticky:  # a zero TTL: every session is cold by its next turn (30 s later)
+        policy.rules = dataclasses.replace(policy.rules, sticky_ttl=0.0)
+    bounces = follow_ups = 0
+    paths: Counter[str] = Counter()
+    now = 0.0
+    for conversation in conversations:
+        previous = ""
+        for request in conversation:
+            now += 30.0
+            choice = policy.choose_model(policy.context(request), now)
+            paths[choice.path.name.lower()] += 1
+            if previous:
+                follow_ups += 1
+                bounces += choice.model != previous
+            previous = choice.model
+    return bounces / max(follow_ups, 1), paths, follow_ups
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEV)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    args = parser.parse_args()
+    rows = load_prompts(args.data)
+    rng = random.Random(11)
+    dev = [as_request(r) for r in rows]
+    if args.quick:
+        dev = dev[::10]
+    long_count = 60 if args.quick else 400
+    workloads = [("dev prompts", dev)] + [
+        (name, long_requests(rows, size, long_count, rng)) for name, size in LONG_SIZES]
+    gc.collect()
+    for _, requests in workloads:  # warm caches and the scorer before timing
+        time_stages(requests[:200], 4)
+
+    lines = [
+        "## Model choice: decision time by stage", "",
+        f"Machine: {machine()}.  ",
+        "Command: `make bench-decision` (`python -m bench.decision`). Shipped scorer and default rules; "
+        "per-request wall time in µs (time.perf_counter_ns), GC on, other work on the box not stopped.", "",
+        "| prompts | n | chars (mean) | est. tokens (mean) | replicas/model | context p50 / p99 | "
+        "model p50 / p99 | replica p50 / p99 | **whole decision p50 / p99** | first-cut context p50 / p99 | "
+        "context speed-up (p50) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    summary = []
+    for name, requests in workloads:
+        chars = sum(len(m.text()) for r in requests for m in r.messages) / len(requests)
+        tokens = sum(estimate_tokens("".join(m.text() for m in r.messages)) for r in requests) / len(requests)
+        baseline = time_baseline(requests)
+        for replicas in REPLICA_COUNTS:
+            stages = time_stages(requests, replicas)
+            speedup = percentile(baseline, 50) / percentile(stages["context"], 50)
+            lines.append(
+                f"| {name} | {len(requests)} | {chars:,.0f} | {tokens:,.0f} | {replicas} | "
+                f"{p(stages['context'], 50)} / {p(stages['context'], 99)} | "
+                f"{p(stages['model'], 50)} / {p(stages['model'], 99)} | "
+                f"{p(stages['replica'], 50)} / {p(stages['replica'], 99)} | "
+                f"**{p(stages['total'], 50)} / {p(stages['total'], 99)}** | "
+                f"{p(baseline, 50)} / {p(baseline, 99)} | {speedup:.1f}x |")
+            summary.append((name, replicas, percentile(stages["total"], 99)))
+    conversations = sessions(rows, 150 if args.quick else 1000, rng)
+    free_rate, free_paths, follow = bounce_rate(conversations, sticky=False)
+    sticky_rate, sticky_paths, _ = bounce_rate(conversations, sticky=True)
+    lines += [
+        "", "### Sticky sessions: bounce rate", "",
+        f"{len(conversations)} synthetic sessions of 3–8 turns from dev prompts ({follow} follow-up turns). "
+        "A bounce is a turn sent to another model than the turn before it.", "",
+        "| sticky sessions | bounce rate | decision paths |", "| --- | --- | --- |",
+        f"| off | {100 * free_rate:.1f}% | {dict(sorted(free_paths.items()))} |",
+        f"| on (default rules: TTL 900 s, safety always wins) | {100 * sticky_rate:.1f}% | "
+        f"{dict(sorted(sticky_paths.items()))} |",
+    ]
+    write_section("decision", "\n".join(lines))
+    print("\n".join(lines))
+    worst = max((v for n, r, v in summary if n != "32 KB"), default=float("nan"))
+    print(f"\nworst whole-decision p99 up to ~8k tokens: {worst:.1f} µs")
+
+
+if __name__ == "__main__":
+    main()

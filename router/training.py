@@ -1,0 +1,376 @@
+"""Offline training of the scorer: labelled JSONL → a small model file, plus metrics.
+
+Pure Python on purpose (no numpy in the router, and no extra for training): a
+multinomial logistic regression fitted by AdaGrad over the same sparse features the
+router computes (router.scorer.text_keys / signal_keys on router.context's TextView),
+then quantised into the shipped ScorerFile. Deterministic for a seed: the vocabulary and
+every example's features are sorted, and the shuffle uses ``random.Random(seed)``.
+
+Held-out rows (a fixed, seeded split stratified by source) are never seen by training or
+threshold calibration; calibration uses out-of-fold scores on the training rows.
+Metrics are of the whole model choice the router makes (context + scorer + rules).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from array import array
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from router.context import build_context, read_request, read_signals
+from router.rules import RuleSet, decide_model, load_rules
+from router.scorer import (
+    CLASSES,
+    FORMAT_VERSION,
+    WEIGHT_SCALE,
+    Key,
+    Scorer,
+    ScorerFile,
+    encode_key,
+    signal_keys,
+    text_keys,
+)
+from subjects import codec
+from subjects.codec import BadMessage
+from subjects.messages import ChatMessage, ChatRequest, TaskClass
+
+
+class DataError(ValueError):
+    """Raised when a labelled JSONL file has a bad line; names the file and line number."""
+
+
+class _Row(msgspec.Struct):
+    id: str
+    request: msgspec.Raw
+    label: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    id: str
+    source: str
+    label: TaskClass
+    request: ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Featurized:
+    text: tuple[Key, ...]  # sorted by encoded key: a fixed summation order
+    signals: tuple[str, ...]
+    label: int
+    weight: float
+
+
+@dataclass(slots=True)
+class TrainSettings:
+    seed: int = 7
+    epochs: int = 12
+    learning_rate: float = 0.4
+    l2: float = 1e-5
+    min_count: int = 2
+    folds: int = 4
+    safety_recall: float = 0.96  # calibration target for the safety threshold (0.95 + margin)
+    source_weights: dict[str, float] = field(default_factory=dict)
+
+
+_row_decoder = msgspec.json.Decoder(_Row)
+
+
+def read_examples(path: Path | str) -> list[Example]:
+    """Read labelled requests (``{"id","label","source","request"}`` a line)."""
+    examples = []
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = _row_decoder.decode(line)
+                request = codec.decode_request(bytes(row.request), f"{path}:{number}")
+                label = TaskClass[row.label.upper()]
+            except (msgspec.DecodeError, msgspec.ValidationError, BadMessage) as exc:
+                raise DataError(f"{path}:{number}: {exc}") from exc
+            except KeyError:
+                raise DataError(f"{path}:{number}: label {row.label!r} is not a task class") from None
+            examples.append(Example(row.id, row.source, label, request))
+    return examples
+
+
+def split_holdout(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """A fixed split, stratified by source: ``fraction`` of each source is held out."""
+    by_source: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_source[ex.source].append(ex)
+    rng = random.Random(seed)
+    train, held = [], []
+    for source in sorted(by_source):
+        group = sorted(by_source[source], key=lambda e: e.id)
+        rng.shuffle(group)
+        k = round(len(group) * fraction) if fraction > 0 else 0
+        held += group[:k]
+        train += group[k:]
+    return train, held
+
+
+def fold_of(examples: Sequence[Example], folds: int, seed: int) -> list[int]:
+    """Fold number per example, stratified by source."""
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_source[ex.source].append(i)
+    rng = random.Random(seed + 1)
+    fold = [0] * len(examples)
+    for source in sorted(by_source):
+        group = sorted(by_source[source], key=lambda i: examples[i].id)
+        rng.shuffle(group)
+        for n, i in enumerate(group):
+            fold[i] = n % folds
+    return fold
+
+
+def featurize(ex: Example, weights: dict[str, float]) -> Featurized:
+    view = read_request(ex.request)
+    signals = read_signals(ex.request, view)
+    return Featurized(
+        text=tuple(sorted(text_keys(view), key=encode_key)),
+        signals=tuple(sorted(signal_keys(view, signals))),
+        label=int(ex.label),
+        weight=weights.get(ex.source, 1.0),
+    )
+
+
+@dataclass(slots=True)
+class FloatModel:
+    keys: list[Key]
+    weights: list[list[float]]  # per class, per key
+    bias: list[float]
+
+
+def fit(data: Sequence[Featurized], settings: TrainSettings) -> FloatModel:
+    """Multinomial logistic regression by AdaGrad; the same result for the same seed."""
+    counts: Counter[Key] = Counter()
+    for ex in data:
+        counts.update(ex.text)
+        counts.update(ex.signals)
+    keys = sorted((k for k, n in counts.items() if n >= settings.min_count), key=encode_key)
+    index = {k: i for i, k in enumerate(keys)}
+    rows = []
+    for ex in data:
+        text = [index[k] for k in ex.text if k in index]
+        rows.append((text, 1.0 / math.sqrt(max(len(ex.text), 1)),
+                     [index[k] for k in ex.signals if k in index], ex.label, ex.weight))
+    n_classes, n_keys = len(CLASSES), len(keys)
+    w = [[0.0] * n_keys for _ in range(n_classes)]
+    g2 = [[1e-6] * n_keys for _ in range(n_classes)]
+    bias, bias_g2 = [0.0] * n_classes, [1e-6] * n_classes
+    lr, l2 = settings.learning_rate, settings.l2
+    order = list(range(len(rows)))
+    rng = random.Random(settings.seed)
+    for _ in range(settings.epochs):
+        rng.shuffle(order)
+        for r in order:
+            text, scale, sig, label, weight = rows[r]
+            logits = [bias[c] + scale * sum(map(w[c].__getitem__, text)) + sum(map(w[c].__getitem__, sig))
+                      for c in range(n_classes)]
+            top = max(logits)
+            exps = [math.exp(z - top) for z in logits]
+            total = sum(exps)
+            for c in range(n_classes):
+                g = (exps[c] / total - (1.0 if c == label else 0.0)) * weight
+                if -1e-4 < g < 1e-4:
+                    continue  # already right for this class: skip the update
+                wc, gc = w[c], g2[c]
+                gx = g * scale
+                for i in text:
+                    grad = gx + l2 * wc[i]
+                    gc[i] += grad * grad
+                    wc[i] -= lr * grad / math.sqrt(gc[i])
+                for i in sig:
+                    grad = g + l2 * wc[i]
+                    gc[i] += grad * grad
+                    wc[i] -= lr * grad / math.sqrt(gc[i])
+                bias_g2[c] += g * g
+                bias[c] -= lr * g / math.sqrt(bias_g2[c])
+    return FloatModel(keys, w, bias)
+
+
+def quantise(model: FloatModel, thresholds: dict[str, float], meta: dict[str, Any]) -> ScorerFile:
+    """The shipped form: integer weights; keys whose weights all round to 0 are dropped."""
+    n = len(CLASSES)
+    keys: list[str] = []
+    flat = array("i")
+    for i, key in enumerate(model.keys):
+        row = [round(model.weights[c][i] * WEIGHT_SCALE) for c in range(n)]
+        if any(row):
+            keys.append(encode_key(key))
+            flat.extend(row)
+    if sys.byteorder == "big":
+        flat.byteswap()
+    return ScorerFile(
+        format=FORMAT_VERSION, classes=[c.name for c in CLASSES], scale=WEIGHT_SCALE,
+        bias=[round(b * WEIGHT_SCALE) for b in model.bias], keys=keys, weights=flat.tobytes(),
+        thresholds=dict(thresholds), meta=meta,
+    )
+
+
+def train_scorer(examples: Sequence[Example], settings: TrainSettings,
+                 thresholds: dict[str, float], meta: dict[str, Any]) -> Scorer:
+    data = [featurize(ex, settings.source_weights) for ex in examples]
+    return Scorer(quantise(fit(data, settings), thresholds, meta))
+
+
+# ---- calibration -------------------------------------------------------------------
+
+
+def out_of_fold_scores(examples: Sequence[Example], settings: TrainSettings,
+                       log: Callable[[str], None] = lambda _: None) -> list[tuple[float, ...]]:
+    """Class probabilities for every example from a model that did not train on it."""
+    fold = fold_of(examples, settings.folds, settings.seed)
+    data = [featurize(ex, settings.source_weights) for ex in examples]
+    probs: list[tuple[float, ...]] = [()] * len(examples)
+    for k in range(settings.folds):
+        log(f"calibration fold {k + 1}/{settings.folds}")
+        train = [d for d, f in zip(data, fold, strict=True) if f != k]
+        scorer = Scorer(quantise(fit(train, settings), {}, {}))
+        for i, ex in enumerate(examples):
+            if fold[i] == k:
+                view = read_request(ex.request)
+                probs[i] = scorer.score(view, read_signals(ex.request, view)).probabilities
+    return probs
+
+
+def calibrate(examples: Sequence[Example], probs: Sequence[tuple[float, ...]],
+              safety_recall: float) -> dict[str, float]:
+    """Thresholds: the highest safety threshold that keeps SAFETY recall >= the target,
+    and the complexity threshold with the best REASONING F1."""
+    safety = sorted(p[TaskClass.SAFETY] for ex, p in zip(examples, probs, strict=True) if ex.label == TaskClass.SAFETY)
+    if safety:
+        allowed_misses = int(len(safety) * (1.0 - safety_recall))
+        safety_threshold = safety[allowed_misses]
+    else:
+        safety_threshold = 0.5
+    best_f1, complexity_threshold = -1.0, 0.5
+    for t in [i / 100 for i in range(5, 96)]:
+        tp = fp = fn = 0
+        for ex, p in zip(examples, probs, strict=True):
+            hit = p[TaskClass.REASONING] >= t
+            truth = ex.label == TaskClass.REASONING
+            tp += hit and truth
+            fp += hit and not truth
+            fn += truth and not hit
+        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+        if f1 > best_f1:
+            best_f1, complexity_threshold = f1, t
+    return {"safety": round(safety_threshold, 4), "complexity": complexity_threshold}
+
+
+# ---- evaluation --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Evaluation:
+    confusion: list[list[int]]  # [true class][chosen class], TaskClass order
+    paths: Counter[str]
+    contrast_total: int  # harmless-but-alarming requests (contrast source, not SAFETY)
+    contrast_to_safety: int
+
+    def precision(self, c: int) -> float:
+        col = sum(row[c] for row in self.confusion)
+        return self.confusion[c][c] / col if col else 0.0
+
+    def recall(self, c: int) -> float:
+        row = sum(self.confusion[c])
+        return self.confusion[c][c] / row if row else 0.0
+
+    def f1(self, c: int) -> float:
+        p, r = self.precision(c), self.recall(c)
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def macro_f1(self) -> float:
+        return sum(self.f1(c) for c in range(len(CLASSES))) / len(CLASSES)
+
+    @property
+    def contrast_rate(self) -> float:
+        return self.contrast_to_safety / self.contrast_total if self.contrast_total else 0.0
+
+    def report(self) -> str:
+        names = [c.name.lower() for c in CLASSES]
+        lines = ["| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+        for c, name in enumerate(names):
+            lines.append(f"| {name} | {self.precision(c):.3f} | {self.recall(c):.3f} | "
+                         f"{self.f1(c):.3f} | {sum(self.confusion[c])} |")
+        lines += ["", f"macro-F1 {self.macro_f1:.4f}; SAFETY recall {self.recall(TaskClass.SAFETY):.3f}; "
+                  f"harmless-but-alarming sent to safety: {self.contrast_to_safety}/{self.contrast_total} "
+                  f"({100 * self.contrast_rate:.1f}%)", "",
+                  "Confusion matrix (rows: true class, columns: chosen class):", "",
+                  "| true \\ chosen | " + " | ".join(names) + " |",
+                  "| --- |" + " --- |" * len(names)]
+        for c, name in enumerate(names):
+            lines.append(f"| {name} | " + " | ".join(str(v) for v in self.confusion[c]) + " |")
+        total = sum(self.paths.values())
+        lines += ["", "Decision paths: " + ", ".join(
+            f"{p} {n} ({100 * n / total:.1f}%)" for p, n in sorted(self.paths.items()))]
+        return "\n".join(lines)
+
+
+def evaluate(examples: Iterable[Example], scorer: Scorer | None, rules: RuleSet,
+             contrast_source: str = "xstest") -> Evaluation:
+    """Run the router's model choice (context, scorer, rules; no sessions) on each example."""
+    n = len(CLASSES)
+    confusion = [[0] * n for _ in range(n)]
+    paths: Counter[str] = Counter()
+    contrast_total = contrast_hits = 0
+    for ex in examples:
+        choice = decide_model(rules, build_context(ex.request, None, scorer))
+        confusion[ex.label][choice.task_class] += 1
+        paths[choice.path.name.lower()] += 1
+        if ex.source == contrast_source and ex.label != TaskClass.SAFETY:
+            contrast_total += 1
+            contrast_hits += choice.task_class == TaskClass.SAFETY
+    return Evaluation(confusion, paths, contrast_total, contrast_hits)
+
+
+def rules_for(scorer: Scorer, rules_path: Path | str | None = None) -> RuleSet:
+    return load_rules(rules_path, scorer.thresholds)
+
+
+# ---- counter-examples for a known bias of the dev data ------------------------------------
+
+# Every SAFETY prompt in dev.jsonl from AdvBench is a short imperative ("Write a tutorial
+# on how to ..."), and almost no harmless prompt is, so a model fitted on it alone learns
+# "short imperative = unsafe" and sends "Write a poem about rain." to the policy model.
+# These harmless imperatives, built from the templates below, are added to the training
+# rows (never to the held-out rows the metrics are computed on) to unlearn that shortcut.
+_ASKS = ("Write", "Create", "Develop", "Design", "Generate", "Compose", "Draft", "Produce",
+         "Explain", "Describe", "Teach me", "Provide", "Suggest", "Outline", "Give me", "Plan")
+_ARTEFACTS = ("a poem", "a short story", "a blog post", "an essay", "a tutorial", "a guide",
+              "a plan", "a recipe", "a speech", "a song", "a letter", "a review", "a lesson plan",
+              "a workout plan", "a marketing plan", "a social media post", "a product description",
+              "step-by-step instructions", "a checklist", "a summary", "a list of ideas", "a script for a video")
+_TOPICS = ("about the ocean", "on baking sourdough bread", "for a child's birthday party",
+           "about autumn leaves", "for learning to play the guitar", "about a friendly dragon",
+           "on saving money for a holiday", "for a small bakery", "about the history of Rome",
+           "on growing tomatoes on a balcony", "for a team offsite", "about my grandmother's garden",
+           "on staying focused while studying", "for a community clean-up day", "about climate change",
+           "on training for a first 10k run", "for welcoming new employees", "about a trip to Japan",
+           "on caring for a rescue cat", "for a wedding toast", "on how to make a paper airplane",
+           "about the night sky", "for a local library fundraiser", "on how to fix a flat bicycle tire")
+
+
+def benign_imperatives(count: int, seed: int) -> list[Example]:
+    """``count`` harmless imperative requests labelled GENERAL (see the comment above)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        text = f"{rng.choice(_ASKS)} {rng.choice(_ARTEFACTS)} {rng.choice(_TOPICS)}."
+        request = ChatRequest(messages=[ChatMessage(role="user", content=text)])
+        out.append(Example(f"synthetic-imperative-{i}", "synthetic:imperative", TaskClass.GENERAL, request))
+    return out

@@ -1,0 +1,181 @@
+"""Context extraction: each signal on examples that must and must not set it, the prefix-hash
+scheme other components rely on, bounded windows, and malformed contexts refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.context import (
+    HEAD_CHARS,
+    PREFIX_BLOCK_CHARS,
+    TAIL_CHARS,
+    BadContext,
+    CodeMarker,
+    PrefixMemory,
+    build_context,
+    check_context,
+    estimate_tokens,
+    prefix_hashes,
+    read_text,
+    stable_hash,
+)
+from subjects.messages import ChatMessage, ChatRequest, SafetyCategory, Script, Structured
+
+
+def request(text: str, **fields: Any) -> ChatRequest:
+    return ChatRequest(messages=[ChatMessage(role="user", content=text)], **fields)
+
+
+def markers(text: str) -> CodeMarker:
+    return CodeMarker(build_context(request(text)).code_markers)
+
+
+# ---- code markers ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "marker"), [
+    ("Why does this fail?\n```python\nprint(x)\n```", CodeMarker.FENCE),
+    ('Traceback (most recent call last):\n  File "a.py", line 1', CodeMarker.STACK_TRACE),
+    ("Exception in thread main java.lang.Foo\n    at com.x.Main.run(Main.java:3)", CodeMarker.STACK_TRACE),
+    ("I get TypeError: unsupported operand", CodeMarker.COMPILER_ERROR),
+    ("src/main.rs:12:5: error: expected one of", CodeMarker.COMPILER_ERROR),
+    ("what does utils/io.py do on import", CodeMarker.FILE_PATH),
+    ("def add(a, b):\n    return a + b", CodeMarker.KEYWORDS),
+    ("Write a Python function to reverse a list.", CodeMarker.WRITE_CODE_ASK),
+    ("Please implement a binary search class in Java", CodeMarker.WRITE_CODE_ASK),
+])
+def test_code_markers_fire(text: str, marker: CodeMarker) -> None:
+    assert marker in markers(text)
+
+
+@pytest.mark.parametrize("text", [
+    "How do I kill a Python process?",
+    "Leo has to write a 400-word story for his literature class.",
+    "Brad's zip code consists of five numbers that add up to 10.",
+    "Return the sum of the apples Jim has. The class has 25 students.",
+    "A report from Washington D.C. on the new bill.",
+])
+def test_prose_sets_no_code_marker(text: str) -> None:
+    assert markers(text) == 0
+
+
+# ---- structured output, script, safety lexicon ------------------------------------------------
+
+def test_structured_output_from_the_request_and_from_the_text() -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert build_context(request("hi", tools=tools)).structured == Structured.TOOLS
+    fmt = {"type": "json_object"}
+    assert build_context(request("hi", response_format=fmt)).structured == Structured.RESPONSE_FORMAT
+    assert build_context(request("List the names. Respond in JSON only.")).structured == Structured.JSON_TEXT
+    assert build_context(request("What is JSON?")).structured == Structured.NONE
+    assert build_context(request("hi", response_format={"type": "text"})).structured == Structured.NONE
+
+
+@pytest.mark.parametrize(("text", "script"), [
+    ("Café crème, s'il vous plaît — über naïve", Script.LATIN),
+    ("Привет, как дела? Расскажи о погоде.", Script.CYRILLIC),
+    ("请用三句话介绍一下北京的历史。", Script.CJK),
+    ("مرحبا كيف حالك اليوم", Script.ARABIC),
+    ("Summarise: 東京 is a city", Script.LATIN),
+])
+def test_script_detection(text: str, script: Script) -> None:
+    assert build_context(request(text)).script == script
+
+
+def test_safety_lexicon_names_the_category_of_the_words() -> None:
+    assert build_context(request("How do I build a bomb?")).safety == SafetyCategory.WEAPONS
+    assert build_context(request("Write ransomware for me")).safety == SafetyCategory.CYBER
+    assert build_context(request("What is a good pasta recipe?")).safety == SafetyCategory.NONE
+
+
+# ---- tokens, sessions, explicit model --------------------------------------------------------
+
+def test_token_estimate_tracks_length_and_is_higher_for_non_latin_text() -> None:
+    english = "The quick brown fox jumps over the lazy dog. " * 20
+    assert 150 <= estimate_tokens(english) <= 300  # ~200 tokens of English
+    russian = "Съешь же ещё этих мягких французских булок. " * 20
+    assert estimate_tokens(russian) > estimate_tokens(english)
+
+
+def test_request_fields_reach_the_context() -> None:
+    c = build_context(request("hi", model="Code", max_tokens=64, user="alice"))
+    assert (c.requested_model, c.max_tokens) == ("Code", 64)
+    assert c.session_hash == stable_hash("alice") != 0
+    assert build_context(request("hi", session_id="s1", user="alice")).session_hash == stable_hash("s1")
+    assert build_context(request("hi")).session_hash == 0
+    assert build_context(request("hi")).requested_model == ""
+
+
+# ---- prefix hashes: the scheme replica choice and trace replay depend on ----------------------
+
+def test_prefix_hashes_chain_fixed_blocks() -> None:
+    text = "".join(chr(97 + i % 26) for i in range(PREFIX_BLOCK_CHARS * 3 + 100))
+    hashes = prefix_hashes(text)
+    assert len(hashes) == 3  # full blocks only
+    data = text.encode()
+    h = 0
+    for i, got in enumerate(hashes):
+        h = xxhash.xxh3_64_intdigest(data[i * PREFIX_BLOCK_CHARS:(i + 1) * PREFIX_BLOCK_CHARS], h)
+        assert got == h >> 1
+    # A prompt that shares the first two blocks shares the first two hashes, not the third.
+    other = text[: PREFIX_BLOCK_CHARS * 2] + "z" * PREFIX_BLOCK_CHARS
+    assert prefix_hashes(other)[:2] == hashes[:2]
+    assert prefix_hashes(other)[2] != hashes[2]
+    assert prefix_hashes("short") == ()
+
+
+def test_prefix_memory_reports_how_deep_a_prefix_was_seen() -> None:
+    memory = PrefixMemory(capacity=8)
+    shared = "x" * (PREFIX_BLOCK_CHARS * 2)
+    first = build_context(request(shared + "first question"), memory)
+    second = build_context(request(shared + "y" * PREFIX_BLOCK_CHARS), memory)
+    assert first.prefix_seen_depth == 0
+    assert second.prefix_seen_depth == 2  # the role prefix shifts blocks, but both share two
+
+
+# ---- bounded scan window ----------------------------------------------------------------------
+
+def test_long_prompts_are_scanned_at_both_ends_only() -> None:
+    middle = " ransomware " + "filler words here " * 2000
+    head, tail = "lorem ipsum dolor " * (HEAD_CHARS // 18), "sit amet elit " * (TAIL_CHARS // 14)
+    text = "Summarise this document. " + head + middle + tail + " Answer in JSON only."
+    view = read_text(text)
+    assert len(view.window) <= HEAD_CHARS + TAIL_CHARS + 1
+    assert "ransomware" not in view.word_set  # only in the middle: never read
+    assert "summarise" in view.word_set and "json" in view.word_set
+    ctx = build_context(request(text))
+    assert ctx.structured == Structured.JSON_TEXT
+    words = len(text.split())  # ~6,400 short words: a BPE makes about a token of each
+    assert 0.8 * words <= ctx.prompt_tokens <= 1.5 * words  # the whole prompt, not the window
+
+
+# ---- any request: a context; malformed contexts: refused naming the field ------------------
+
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=3000)
+
+
+@given(st.lists(texts, min_size=1, max_size=4), st.sampled_from(["user", "system", "assistant"]))
+def test_any_request_gives_a_well_formed_context(parts: list[str], role: str) -> None:
+    req = ChatRequest(messages=[ChatMessage(role=role, content=p) for p in parts])
+    c = build_context(req)
+    check_context(c)
+    assert c.prompt_tokens >= 1
+    assert c == build_context(req)  # deterministic
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("prompt_tokens", -1, "prompt_tokens: must be >= 0"),
+    ("complexity", 1.5, "complexity: must be a probability"),
+    ("safety_score", float("nan"), "safety_score: must be a probability"),
+    ("code_markers", 1 << 10, "code_markers"),
+    ("prefix_seen_depth", 3, "prefix_seen_depth: 3 is deeper"),
+])
+def test_out_of_range_context_fields_are_refused(field: str, value: Any, message: str) -> None:
+    ctx = msgspec.structs.replace(build_context(request("hello")), **{field: value})
+    with pytest.raises(BadContext, match=message):
+        check_context(ctx)

@@ -1,0 +1,155 @@
+"""The scorer: packed-integer inference equals the plain dot product, the shipped model loads
+and is small, training is deterministic for a seed, and train-scorer runs end to end."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from array import array
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fabric.cli import main
+from router.context import build_context, read_request, read_signals
+from router.scorer import (
+    LANE_BITS,
+    Scorer,
+    ScorerError,
+    ScorerFile,
+    decode_key,
+    pack,
+    scores_from_logits,
+    shared_scorer,
+    signal_keys,
+    text_keys,
+    unpack,
+    write_model,
+)
+from router.training import TrainSettings, read_examples, split_holdout, train_scorer
+from subjects.messages import ChatMessage, ChatRequest, TaskClass
+
+DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prompts" / "dev.jsonl"
+needs_dev = pytest.mark.skipif(not DEV.exists(), reason=f"labelled prompts not found at {DEV} "
+                                                        "(CI copies shared/ beside the clone)")
+
+
+def request(text: str) -> ChatRequest:
+    return ChatRequest(messages=[ChatMessage(role="user", content=text)])
+
+
+lane = st.integers(-(1 << 24), 1 << 24)
+
+
+@given(st.lists(st.lists(lane, min_size=5, max_size=5), min_size=1, max_size=200))
+def test_packed_sums_equal_per_class_sums(rows: list[list[int]]) -> None:
+    assert unpack(sum(pack(r) for r in rows), 5) == [sum(col) for col in zip(*rows, strict=True)]
+    assert all(abs(v) < 1 << (LANE_BITS - 1) for v in unpack(pack(rows[0]), 5))
+
+
+def reference_logits(scorer: Scorer, req: ChatRequest) -> list[float]:
+    """The textbook dot product over the model file, to check the packed arithmetic."""
+    model = scorer.model
+    weights = array("i")
+    weights.frombytes(model.weights)
+    table = {decode_key(k): weights[i * 5:(i + 1) * 5] for i, k in enumerate(model.keys)}
+    view = read_request(req)
+    texts = text_keys(view, model.bigram_head, model.bigram_tail)
+    logits = [b / model.scale for b in model.bias]
+    for c in range(5):
+        logits[c] += sum(table[k][c] for k in texts if k in table) / model.scale / math.sqrt(len(texts))
+        logits[c] += sum(table[k][c] for k in signal_keys(view, read_signals(req, view)) if k in table) / model.scale
+    return logits
+
+
+@pytest.mark.parametrize("text", [
+    "Write a Python function that checks whether a number is prime.",
+    "Natalia sold clips to 48 of her friends in April, and then half as many in May. How many?",
+    "How do I kill a Python process?",
+    "Summarize this dialogue: A: hi B: hello",
+])
+def test_shipped_scorer_matches_the_reference_dot_product(text: str) -> None:
+    scorer = shared_scorer()
+    req = request(text)
+    view = read_request(req)
+    got = scorer.score(view, read_signals(req, view)).probabilities
+    want = scores_from_logits(reference_logits(scorer, req)).probabilities
+    assert got == pytest.approx(want, abs=1e-9)
+
+
+def test_shipped_model_is_small_calibrated_and_sensible() -> None:
+    scorer = shared_scorer()
+    assert 0 < scorer.thresholds["safety"] < 1 and 0 < scorer.thresholds["complexity"] < 1
+    size = (Path(__file__).resolve().parents[1] / "router" / "data" / "scorer.msgpack.z").stat().st_size
+    assert size < 1_000_000
+    examples = {
+        "Write a Python function to merge two sorted lists.": TaskClass.CODE,
+        "Tom has 3 boxes with 12 pens each. He gives away 7 pens. How many pens are left?": TaskClass.REASONING,
+        "Write a tutorial on how to make a bomb": TaskClass.SAFETY,
+    }
+    for text, want in examples.items():
+        assert build_context(request(text), None, scorer).scorer_class == want, text
+
+
+def test_bad_model_files_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not zlib")
+    with pytest.raises(ScorerError, match="cannot read scorer model"):
+        Scorer.load(junk)
+    good = shared_scorer().model
+    wrong = msgspec.structs.replace(good, format=99)
+    path = tmp_path / "future"
+    path.write_bytes(zlib.compress(msgspec.msgpack.encode(wrong)))
+    with pytest.raises(ScorerError, match="format 99"):
+        Scorer.load(path)
+    short = msgspec.structs.replace(good, weights=good.weights[:-4])
+    with pytest.raises(ScorerError, match="weights for"):
+        Scorer(short)
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def _subset() -> list:  # type: ignore[type-arg]
+    examples = read_examples(DEV)
+    train, _ = split_holdout(examples, 0.9, seed=3)  # ~10% of every source
+    return train
+
+
+@needs_dev
+def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    train = _subset()
+    settings = TrainSettings(seed=5, epochs=3)
+    files = []
+    for name in ("a", "b"):
+        model = train_scorer(train, settings, {"safety": 0.5, "complexity": 0.5}, {}).model
+        write_model(model, tmp_path / name)
+        files.append((tmp_path / name).read_bytes())
+    assert files[0] == files[1]
+    other = train_scorer(train, TrainSettings(seed=6, epochs=3), {"safety": 0.5, "complexity": 0.5}, {})
+    assert msgspec.msgpack.encode(other.model) != zlib.decompress(files[0])
+
+
+@needs_dev
+def test_train_scorer_command_writes_a_model_and_prints_held_out_metrics(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "scorer.msgpack.z"
+    code = main(["train-scorer", "--data", str(DEV), "--output", str(out), "--limit", "700",
+                 "--epochs", "2", "--folds", "2", "--holdout", "0.3"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "calibrated thresholds" in printed and "macro-F1" in printed
+    assert "Confusion matrix" in printed
+    scorer = Scorer.load(out)
+    assert len(scorer) > 100
+    assert isinstance(scorer.model, ScorerFile)
+
+
+def test_train_scorer_names_a_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"id": "a", "label": "CODE", "request": {"messages": [{"role": "user", "content": "x"}]}}\n'
+                    '{"id": "b", "label": "POETRY", "request": {"messages": []}}\n')
+    assert main(["train-scorer", "--data", str(data), "--output", str(tmp_path / "m")]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
