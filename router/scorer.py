@@ -24,23 +24,27 @@ import sys
 import zlib
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib import resources
 from itertools import pairwise, repeat
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import msgspec
 
 from router.context import Signals, TextView
-from subjects.messages import TaskClass
+from subjects.messages import SafetyCategory, Script, Structured, TaskClass
 
 FORMAT_VERSION = 1
 CLASSES: tuple[TaskClass, ...] = tuple(TaskClass)  # lane order = TaskClass values
-BIGRAM_HEAD_WORDS = 40
-BIGRAM_TAIL_WORDS = 20
-LANE_BITS = 40  # room for > 100k features a request at the quantisation below
-WEIGHT_SCALE = 4096  # quantised weight = round(weight * WEIGHT_SCALE)
+BIGRAM_HEAD_WORDS = 16
+BIGRAM_TAIL_WORDS = 8
+# Quantised weight = round(weight * WEIGHT_SCALE), clipped to +-MAX_WEIGHT, so a lane's sum
+# over the most features a request can have (the window's words, bigrams and signals:
+# under 2,048) stays inside LANE_BITS. Narrow lanes keep the packed ints at five 30-bit
+# digits: adding them is what the scorer's time goes on.
+LANE_BITS = 28
+WEIGHT_SCALE = 1024
+MAX_WEIGHT = (1 << (LANE_BITS - 1)) // 2048 - 1
 DEFAULT_MODEL = "scorer.msgpack.z"  # in router/data/
 
 Key = Union[str, tuple[str, str]]  # a word, a bigram, or a "#signal"
@@ -85,6 +89,7 @@ _PRIVATE = frozenset(
 _DEFINITION_STARTS = frozenset({("what", "is"), ("what", "are"), ("what", "does"), ("what", "was"),
                                 ("what", "were"), ("what", "constitutes"), ("what", "kind")})
 _CUE_WORDS = 60  # lexicon cues look at the first words only (short asks)
+_TARGET_REACH = 4  # a harm verb's object is within this many words after it
 
 
 class ScorerError(ValueError):
@@ -107,8 +112,7 @@ class ScorerFile(msgspec.Struct, frozen=True):
     meta: dict[str, Any] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Scores:
+class Scores(NamedTuple):
     best: TaskClass
     confidence: float  # probability of ``best``
     complexity: float  # probability of REASONING
@@ -116,33 +120,38 @@ class Scores:
     probabilities: tuple[float, ...]  # in TaskClass order
 
 
-def text_keys(view: TextView, head: int = BIGRAM_HEAD_WORDS, tail: int = BIGRAM_TAIL_WORDS) -> set[Key]:
-    """Word unigrams of the window plus bigrams of its first and last words."""
+def bigram_keys(view: TextView, head: int = BIGRAM_HEAD_WORDS, tail: int = BIGRAM_TAIL_WORDS) -> set[Key]:
+    """Word bigrams of the window's first ``head`` and last ``tail`` words."""
     words = view.words
-    start = words[:head]
-    keys: set[Key] = set(view.word_set)
-    keys.update(pairwise(start))
+    keys: set[Key] = set(pairwise(words[:head]))
     if len(words) > head:
-        end = words[-tail:]
-        keys.update(pairwise(end))
+        keys.update(pairwise(words[-tail:]))
     return keys
+
+
+def text_keys(view: TextView, head: int = BIGRAM_HEAD_WORDS, tail: int = BIGRAM_TAIL_WORDS) -> set[Key]:
+    """Word unigrams of the window plus its bigram keys (the scorer's text features)."""
+    return bigram_keys(view, head, tail) | view.word_set
+
+
+_TOKENS_KEYS = tuple(f"#tok{i}" for i in range(17))
+_STRUCT_KEYS = tuple(f"#struct{int(s)}" for s in Structured)
+_SCRIPT_KEYS = tuple(f"#script{int(s)}" for s in Script)
+_SAFETY_KEYS = tuple(f"#safety{int(s)}" for s in SafetyCategory)
+_DIGITS_KEYS = tuple(f"#digits{i}" for i in range(6))
+_CODE_KEYS = tuple(tuple(f"#code{1 << b}" for b in range(6) if m & (1 << b)) for m in range(64))
 
 
 def signal_keys(view: TextView, signals: Signals) -> list[str]:
     """The context's numeric signals as binary features, plus the lexicon cues."""
     keys = [
-        f"#tok{min(signals.prompt_tokens.bit_length(), 16)}",
-        f"#struct{int(signals.structured)}",
-        f"#script{int(signals.script)}",
-        f"#safety{int(signals.safety)}",
-        f"#digits{min(signals.digits, 16).bit_length()}",
+        _TOKENS_KEYS[min(signals.prompt_tokens.bit_length(), 16)],
+        _STRUCT_KEYS[signals.structured],
+        _SCRIPT_KEYS[signals.script],
+        _SAFETY_KEYS[signals.safety],
+        _DIGITS_KEYS[min(signals.digits, 16).bit_length()],
+        *_CODE_KEYS[signals.code_markers & 63],
     ]
-    markers = signals.code_markers
-    bit = 1
-    while bit <= markers:
-        if markers & bit:
-            keys.append(f"#code{bit}")
-        bit <<= 1
     if signals.question:
         keys.append("#question")
     cue = view.words[:_CUE_WORDS]
@@ -151,6 +160,7 @@ def signal_keys(view: TextView, signals: Signals) -> list[str]:
     if harm:
         keys.append("#harm")
         keys.append("#harm+human" if human else "#harm-human")
+        keys.append("#harm>human" if _harm_aimed_at_person(cue) else "#harm>thing")
         if not _FICTION.isdisjoint(cue):
             keys.append("#harm+fiction")
         if not _TECH.isdisjoint(cue):
@@ -160,6 +170,15 @@ def signal_keys(view: TextView, signals: Signals) -> list[str]:
     if not _PRIVATE.isdisjoint(cue):
         keys.append("#private+my" if "my" in view.word_set else "#private")
     return keys
+
+
+def _harm_aimed_at_person(words: list[str]) -> bool:
+    """A harm verb whose next few words name a person ("shoot someone", "beat my wife"),
+    as against a thing ("kill a Python process", "shoot a good photo")."""
+    for i, word in enumerate(words):
+        if word in _HARM_VERBS and not _HUMAN_TARGETS.isdisjoint(words[i + 1 : i + 1 + _TARGET_REACH]):
+            return True
+    return False
 
 
 def encode_key(key: Key) -> str:
@@ -238,11 +257,13 @@ class Scorer:
         return len(self._packed)
 
     def score(self, view: TextView, signals: Signals) -> Scores:
-        texts = text_keys(view, self._head, self._tail)
+        # Unigrams and bigrams are summed apart (no union set to build); they never collide.
+        bigrams = bigram_keys(view, self._head, self._tail)
+        words = view.word_set
         get = self._packed.get
-        text_sum = unpack(sum(map(get, texts, _ZEROS)), self._lanes)
+        text_sum = unpack(sum(map(get, words, _ZEROS)) + sum(map(get, bigrams, _ZEROS)), self._lanes)
         signal_sum = unpack(sum(map(get, signal_keys(view, signals), _ZEROS)), self._lanes)
-        norm = 1.0 / (self._scale * math.sqrt(max(len(texts), 1)))
+        norm = 1.0 / (self._scale * math.sqrt(max(len(words) + len(bigrams), 1)))
         inv_scale = 1.0 / self._scale
         logits = [b + t * norm + s * inv_scale for b, t, s in zip(self._bias, text_sum, signal_sum, strict=True)]
         return scores_from_logits(logits)
@@ -257,16 +278,13 @@ def shared_scorer(path: str = "") -> Scorer:
 def scores_from_logits(logits: list[float]) -> Scores:
     top = max(logits)
     exps = [math.exp(z - top) for z in logits]
-    total = sum(exps)
-    probs = tuple(e / total for e in exps)
-    best = max(range(len(probs)), key=probs.__getitem__)
-    return Scores(
-        best=CLASSES[best],
-        confidence=probs[best],
-        complexity=probs[TaskClass.REASONING],
-        safety=probs[TaskClass.SAFETY],
-        probabilities=probs,
-    )
+    inv_total = 1.0 / sum(exps)
+    probs = tuple([e * inv_total for e in exps])
+    best = logits.index(top)
+    return Scores(CLASSES[best], probs[best], probs[_REASONING], probs[_SAFETY], probs)
+
+
+_REASONING, _SAFETY = int(TaskClass.REASONING), int(TaskClass.SAFETY)
 
 
 def write_model(model: ScorerFile, path: Path) -> int:

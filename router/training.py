@@ -30,6 +30,7 @@ from router.rules import RuleSet, decide_model, load_rules
 from router.scorer import (
     CLASSES,
     FORMAT_VERSION,
+    MAX_WEIGHT,
     WEIGHT_SCALE,
     Key,
     Scorer,
@@ -79,6 +80,9 @@ class TrainSettings:
     min_count: int = 2
     folds: int = 4
     safety_recall: float = 0.96  # calibration target for the safety threshold (0.95 + margin)
+    # Features kept in the shipped model, by largest weight: a small table stays in the CPU
+    # cache, and a lookup that misses cache costs more than the rest of the dot product.
+    max_features: int = 6000
     source_weights: dict[str, float] = field(default_factory=dict)
 
 
@@ -201,16 +205,24 @@ def fit(data: Sequence[Featurized], settings: TrainSettings) -> FloatModel:
     return FloatModel(keys, w, bias)
 
 
-def quantise(model: FloatModel, thresholds: dict[str, float], meta: dict[str, Any]) -> ScorerFile:
-    """The shipped form: integer weights; keys whose weights all round to 0 are dropped."""
+def quantise(model: FloatModel, thresholds: dict[str, float], meta: dict[str, Any],
+             max_features: int = 0) -> ScorerFile:
+    """The shipped form: integer weights of the ``max_features`` keys with the largest
+    weights (0: all); keys whose weights all round to 0 are dropped."""
     n = len(CLASSES)
+    rows = []
+    for i, key in enumerate(model.keys):
+        row = [max(-MAX_WEIGHT, min(MAX_WEIGHT, round(model.weights[c][i] * WEIGHT_SCALE))) for c in range(n)]
+        if any(row):
+            rows.append((max(map(abs, row)), encode_key(key), row))
+    if max_features:
+        rows.sort(key=lambda r: (-r[0], r[1]))
+        rows = sorted(rows[:max_features], key=lambda r: r[1])
     keys: list[str] = []
     flat = array("i")
-    for i, key in enumerate(model.keys):
-        row = [round(model.weights[c][i] * WEIGHT_SCALE) for c in range(n)]
-        if any(row):
-            keys.append(encode_key(key))
-            flat.extend(row)
+    for _, key_text, row in rows:
+        keys.append(key_text)
+        flat.extend(row)
     if sys.byteorder == "big":
         flat.byteswap()
     return ScorerFile(
@@ -223,7 +235,7 @@ def quantise(model: FloatModel, thresholds: dict[str, float], meta: dict[str, An
 def train_scorer(examples: Sequence[Example], settings: TrainSettings,
                  thresholds: dict[str, float], meta: dict[str, Any]) -> Scorer:
     data = [featurize(ex, settings.source_weights) for ex in examples]
-    return Scorer(quantise(fit(data, settings), thresholds, meta))
+    return Scorer(quantise(fit(data, settings), thresholds, meta, settings.max_features))
 
 
 # ---- calibration -------------------------------------------------------------------
@@ -238,7 +250,7 @@ def out_of_fold_scores(examples: Sequence[Example], settings: TrainSettings,
     for k in range(settings.folds):
         log(f"calibration fold {k + 1}/{settings.folds}")
         train = [d for d, f in zip(data, fold, strict=True) if f != k]
-        scorer = Scorer(quantise(fit(train, settings), {}, {}))
+        scorer = Scorer(quantise(fit(train, settings), {}, {}, settings.max_features))
         for i, ex in enumerate(examples):
             if fold[i] == k:
                 view = read_request(ex.request)
@@ -269,6 +281,19 @@ def calibrate(examples: Sequence[Example], probs: Sequence[tuple[float, ...]],
         if f1 > best_f1:
             best_f1, complexity_threshold = f1, t
     return {"safety": round(safety_threshold, 4), "complexity": complexity_threshold}
+
+
+def out_of_fold_safety(examples: Sequence[Example], probs: Sequence[tuple[float, ...]],
+                       threshold: float, contrast_source: str) -> str:
+    """SAFETY recall and the contrast set's false alarms at ``threshold``, out of fold
+    (more rows than the held-out split has, so a steadier figure)."""
+    unsafe = [p[TaskClass.SAFETY] >= threshold for ex, p in zip(examples, probs, strict=True)
+              if ex.label == TaskClass.SAFETY]
+    contrast = [p[TaskClass.SAFETY] >= threshold for ex, p in zip(examples, probs, strict=True)
+                if ex.source == contrast_source and ex.label != TaskClass.SAFETY]
+    return (f"out of fold on the training rows, safety_score >= {threshold}: SAFETY recall "
+            f"{sum(unsafe) / max(len(unsafe), 1):.3f} ({sum(unsafe)}/{len(unsafe)}); harmless-but-alarming "
+            f"flagged {sum(contrast)}/{len(contrast)} ({100 * sum(contrast) / max(len(contrast), 1):.1f}%)")
 
 
 # ---- evaluation --------------------------------------------------------------------

@@ -21,6 +21,7 @@ from router.training import (
     benign_imperatives,
     calibrate,
     evaluate,
+    out_of_fold_safety,
     out_of_fold_scores,
     read_examples,
     rules_for,
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     probs = out_of_fold_scores(train, settings, log=print)
     thresholds = calibrate(train, probs, settings.safety_recall)
     print(f"calibrated thresholds: {thresholds}")
+    print(out_of_fold_safety(train, probs, thresholds["safety"], args.contrast_source))
     meta = {
         "data_sha256": hashlib.sha256(args.data.read_bytes()).hexdigest()[:16],
         "rows": len(examples), "seed": args.seed, "holdout": args.holdout, "epochs": args.epochs,
