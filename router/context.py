@@ -157,8 +157,8 @@ class TextView(NamedTuple):
     window text for the few substring tests that need punctuation.
     """
 
-    text: str
-    utf8: bytes
+    chars: int  # characters in the whole prompt
+    utf8: bytes  # the whole prompt, UTF-8 (prefix hashes are taken over these bytes)
     window: str
     words: list[str]
     word_set: frozenset[str]
@@ -196,9 +196,9 @@ def estimate_view_tokens(view: TextView) -> int:
     in_window = (TOKENS_PER_ALNUM * view.alnum_bytes + TOKENS_PER_WORD * len(view.words)
                  + TOKENS_PER_DIGIT * view.digit_bytes + TOKENS_PER_PUNCT * max(punct, 0))
     scale = len(view.utf8) / view.window_bytes if view.window_bytes else 0.0
-    extra = (len(view.utf8) - len(view.text)) / EXTRA_BYTES_PER_TOKEN
+    extra = (len(view.utf8) - view.chars) / EXTRA_BYTES_PER_TOKEN
     # The floor guards windows unlike the rest of the prompt (one 1 KB "word" of padding).
-    return max(int(in_window * scale + extra + 0.5), len(view.text) // MAX_CHARS_PER_TOKEN, 1)
+    return max(int(in_window * scale + extra + 0.5), view.chars // MAX_CHARS_PER_TOKEN, 1)
 
 
 def scan_window(text: str) -> str:
@@ -211,20 +211,56 @@ def read_text(text: str) -> TextView:
     """Tokenise the scan window of ``text`` (one translate, one split)."""
     utf8 = text.encode("utf-8", "surrogatepass")
     window = scan_window(text)
-    raw = utf8 if window is text else window.encode("utf-8", "surrogatepass")
+    return _view(len(text), utf8, window, utf8 if window is text else None)
+
+
+def read_request(request: ChatRequest) -> TextView:
+    """The request's TextView, without building the whole prompt as one string.
+
+    A long prompt is only encoded (message by message, for the prefix hashes) and its
+    window cut from the first and last pieces: joining a 32 KB conversation into one str
+    first would cost as much again (~3 ns a character for non-Latin-1 text here).
+    """
+    pieces = [piece for m in request.messages for piece in (m.role, "\x1f", m.text(), "\x1e")]
+    chars = sum(map(len, pieces))
+    if chars <= HEAD_CHARS + TAIL_CHARS:
+        return read_text("".join(pieces))
+    utf8 = b"".join([piece.encode("utf-8", "surrogatepass") for piece in pieces])
+    return _view(chars, utf8, _head(pieces, HEAD_CHARS) + "\n" + _tail(pieces, TAIL_CHARS), None)
+
+
+def _head(pieces: list[str], size: int) -> str:
+    taken: list[str] = []
+    for piece in pieces:
+        taken.append(piece[:size])
+        size -= len(taken[-1])
+        if size <= 0:
+            break
+    return "".join(taken)
+
+
+def _tail(pieces: list[str], size: int) -> str:
+    taken: list[str] = []
+    for piece in reversed(pieces):
+        taken.append(piece[-size:])
+        size -= len(taken[-1])
+        if size <= 0:
+            break
+    return "".join(reversed(taken))
+
+
+def _view(chars: int, utf8: bytes, window: str, raw: bytes | None) -> TextView:
+    if raw is None:
+        raw = window.encode("utf-8", "surrogatepass")
     spaced = raw.translate(_WORD_BYTES)
     words = spaced.decode("utf-8", "surrogatepass").split()
     return TextView(
-        text, utf8, window.lower(), words, frozenset(words),
+        chars, utf8, window.lower(), words, frozenset(words),
         len(raw),  # window_bytes
         len(raw) - spaced.count(b" "),  # alnum_bytes
         len(spaced) - len(spaced.translate(None, b"0123456789")),  # digit_bytes
         raw.count(b" ") + raw.count(b"\n"),  # space_bytes
     )
-
-
-def read_request(request: ChatRequest) -> TextView:
-    return read_text(prompt_text(request))
 
 
 def code_markers(view: TextView) -> int:
@@ -327,7 +363,10 @@ def stable_hash(text: str) -> int:
 
 
 def prefix_hashes(text: str, data: bytes | None = None) -> tuple[int, ...]:
-    """Chained hashes at every full block boundary (block i's hash covers blocks 0..i)."""
+    """Chained hashes at every full block boundary (block i's hash covers blocks 0..i).
+
+    ``data`` is ``text`` as UTF-8 when the caller has it already (``text`` is then unused).
+    """
     if data is None:
         data = text.encode("utf-8", "surrogatepass")
     step = PREFIX_BLOCK_CHARS
@@ -370,7 +409,7 @@ def build_context(
     """The request's RoutingContext; scorer fields stay neutral when no scorer is given."""
     view = read_request(request)
     signals = read_signals(request, view)
-    hashes = prefix_hashes(view.text, view.utf8)
+    hashes = prefix_hashes("", view.utf8)
     seen = 0
     if memory is not None:
         seen = memory.seen_depth(hashes)
