@@ -58,6 +58,8 @@ def _decode(decoder: Any, what: str, payload: bytes, subject: str) -> Any:
         raise BadMessage(what, subject, payload, f"malformed payload: {exc}") from exc
     except UnicodeDecodeError as exc:  # invalid UTF-8 inside a JSON string
         raise BadMessage(what, subject, payload, f"invalid UTF-8: {exc.reason}") from exc
+    except RecursionError as exc:  # hostile nesting ([[[[…]]]]) past msgspec's depth limit
+        raise BadMessage(what, subject, payload, "nested too deeply") from exc
 
 
 def encode_json(obj: Any) -> bytes:

@@ -95,6 +95,10 @@ class ErrorCode(enum.Enum):
     CANCELLED = "cancelled"  # the client cancelled
     REDELIVERY_EXHAUSTED = "redelivery_exhausted"  # every delivery attempt failed
     INTERNAL = "internal"
+    # The request id was already accepted within the de-duplication window. To a client
+    # retrying its own request this means "accepted, keep waiting"; to anyone else, "pick
+    # another id" (the answer goes to the first requester's inbox).
+    DUPLICATE_ID = "duplicate_id"
     NO_ROUTER = "no_router"  # nobody serves the ingress subject (client-side: NATS 503)
 
 

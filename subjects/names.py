@@ -16,6 +16,14 @@ HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication key (= request id)
 HEADER_TTL = "Nats-TTL"  # per-message TTL (nats-server >= 2.11, stream allow_msg_ttl)
 HEADER_REPLY = "Slm-Reply"  # the client's inbox when the request travels through a stream
 HEADER_REQUEST_ID = "Slm-Request-Id"
+# Where a dead-lettered message came from (the dead-letter stream keeps it for people).
+HEADER_DEAD_STREAM = "Slm-Dead-Stream"
+HEADER_DEAD_SEQUENCE = "Slm-Dead-Sequence"
+HEADER_DEAD_REASON = "Slm-Dead-Reason"
+
+# JetStream's own advisory when a message used up its consumer's max_deliver.
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+MAX_REPLY_SUBJECT_LENGTH = 256
 
 ROUTER_QUEUE_GROUP = "routers"
 REPLICA_BUCKET = "slm-replicas"
@@ -100,6 +108,11 @@ class Names:
         return f"{self.prefix}.cancel.*"
 
     @property
+    def placements(self) -> str:
+        """Core subject every router publishes its placements to and every router hears."""
+        return f"{self.prefix}.placements"
+
+    @property
     def inbox_prefix(self) -> str:
         """Client inboxes live under here so a least-privilege client can own one prefix."""
         return f"_INBOX_{self.prefix}"
@@ -159,3 +172,40 @@ class Names:
         if len(parts) != 2 or not all(is_token(p) for p in parts):
             raise BadName(f"{key!r} is not a replica key <model>.<replica>")
         return parts[0], parts[1]
+
+    # ---- reliability and security --------------------------------------------------------
+    def dead_letter(self, stream: str) -> str:
+        """Subject in the dead-letter stream for messages that came from ``stream``."""
+        return f"{self.prefix}.dead.{check_token('stream', stream.lower())}"
+
+    @property
+    def dead_letter_wildcard(self) -> str:
+        return f"{self.prefix}.dead.>"
+
+    def max_deliveries_advisory(self, stream: str = "*", consumer: str = "*") -> str:
+        """``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>``."""
+        return f"{MAX_DELIVERIES_ADVISORY}.{stream}.{consumer}"
+
+    def client_inbox_prefix(self, client: str) -> str:
+        """One client user's inboxes: a least-privilege server lets it read only these."""
+        return f"{self.inbox_prefix}.{check_token('client', client)}"
+
+    def reply_problem(self, reply: str) -> str | None:
+        """Why ``reply`` must not be used as a reply subject, or None when it is fine.
+
+        The router and workers publish to whatever reply subject a request carries, with
+        their own permissions: a reply subject inside the fabric (a work queue) or a system
+        API (``$JS.API...``) would turn them into a confused deputy.
+        """
+        if not reply:
+            return "no reply subject"
+        if len(reply) > MAX_REPLY_SUBJECT_LENGTH:
+            return f"reply subject is longer than {MAX_REPLY_SUBJECT_LENGTH} characters"
+        tokens = reply.split(".")
+        if any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
+            return f"reply subject {reply[:80]!r} is not a literal subject"
+        if reply.startswith("$"):
+            return "system subjects ($JS, $KV, $SYS …) cannot be reply subjects"
+        if reply.startswith(self.prefix + ".") or reply == self.prefix:
+            return f"subjects under {self.prefix!r} belong to the fabric and cannot be reply subjects"
+        return None

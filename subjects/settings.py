@@ -44,27 +44,94 @@ def work_stream_config(
 
 
 def work_consumer_config(
-    durable: str, filter_subject: str, max_ack_pending: int
+    durable: str, filter_subject: str, max_ack_pending: int, *,
+    ack_wait: float = ACK_WAIT_SECONDS, max_deliver: int = MAX_DELIVER,
 ) -> dict[str, Any]:
     return {
         "durable_name": durable,
         "filter_subject": filter_subject,
         "ack_policy": "explicit",
-        "ack_wait": ACK_WAIT_SECONDS,
-        "max_deliver": MAX_DELIVER,
+        "ack_wait": ack_wait,
+        "max_deliver": max_deliver,
         "max_ack_pending": max_ack_pending,
         "deliver_policy": "all",
     }
 
 
 def replica_bucket_config(names: Names, replicas: int = 1) -> dict[str, Any]:
-    """Registry bucket: the last heartbeat per replica; old entries age out on their own."""
+    """Registry bucket: the last heartbeat per replica; old entries age out on their own.
+
+    File storage, although it holds only seconds of state: a memory stream vanishes when
+    the NATS server restarts, and nobody re-creates it — every heartbeat after the restart
+    fails and routers drop the whole fleet. One small write per replica per second is cheap.
+    """
     return {
         "bucket": names.replica_bucket,
         "history": 1,
         "ttl": REPLICA_TTL_SECONDS * 4,
-        "storage": "memory",
+        "storage": "file",
         "replicas": replicas,
+    }
+
+
+# ---- durable ingress and dead letters ---------------------------------------------------
+
+
+def ingress_stream_config(
+    names: Names, *, max_msgs: int, max_bytes: int, max_msg_size: int, replicas: int = 1
+) -> dict[str, Any]:
+    """SLM_INGRESS: requests from batch clients that must survive a moment with no router.
+
+    WorkQueue retention (a request leaves once a router has routed or answered it), bounded
+    with discard-new so a flood is refused at publish time instead of evicting accepted
+    requests, and de-duplicated on the client's request id (``Nats-Msg-Id``).
+    """
+    return {
+        "name": names.ingress_stream,
+        "subjects": [names.durable_ingress],
+        "retention": "workqueue",
+        "max_msgs": max_msgs,
+        "max_bytes": max_bytes,
+        "max_msg_size": max_msg_size,
+        "discard": "new",
+        "duplicate_window": DEDUP_WINDOW_SECONDS,
+        "storage": "file",
+        "num_replicas": replicas,
+    }
+
+
+def ingress_consumer_config(
+    names: Names, *, ack_wait: float, max_deliver: int, max_ack_pending: int
+) -> dict[str, Any]:
+    """The one durable pull consumer every router shares (JetStream spreads the work)."""
+    return {
+        "durable_name": names.ingress_consumer,
+        "filter_subject": names.durable_ingress,
+        "ack_policy": "explicit",
+        "ack_wait": ack_wait,
+        "max_deliver": max_deliver,
+        "max_ack_pending": max_ack_pending,
+        "deliver_policy": "all",
+    }
+
+
+def dead_letter_stream_config(
+    names: Names, *, max_age: float, max_bytes: int, replicas: int = 1
+) -> dict[str, Any]:
+    """SLM_DEAD: messages that used up their deliveries, kept for people to inspect.
+
+    Limits retention with discard-old: a dead-letter store must never refuse a message,
+    so the oldest go first when it is full.
+    """
+    return {
+        "name": names.dead_letter_stream,
+        "subjects": [names.dead_letter_wildcard],
+        "retention": "limits",
+        "max_age": max_age,
+        "max_bytes": max_bytes,
+        "discard": "old",
+        "storage": "file",
+        "num_replicas": replicas,
     }
 
 
