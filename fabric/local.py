@@ -91,8 +91,27 @@ class NatsServer:
         ready.set()
 
     def stop(self) -> None:
+        self._halt(kill=False)
+        if self._own_store is not None:
+            self._own_store.cleanup()
+            self._own_store = None
+
+    def restart(self, *, kill: bool = False, timeout: float = 20.0) -> NatsServer:
+        """Stop the server and start it again on the same client port and store.
+
+        ``kill=True`` is a crash (SIGKILL: no clean shutdown of the file store); the default
+        is a clean stop. Clients connected before see a disconnect, then reconnect.
+        """
+        self._halt(kill=kill)
+        self.port = self.client_port
+        return self.start(timeout)
+
+    def _halt(self, *, kill: bool) -> None:
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
@@ -102,9 +121,11 @@ class NatsServer:
             if self._reader is not None:
                 self._reader.join(5)
             self.process.stderr.close()
-        if self._own_store is not None:
-            self._own_store.cleanup()
-            self._own_store = None
+
+    @property
+    def log_lines(self) -> list[str]:
+        """The first lines the server wrote (bounded): tests search them for violations."""
+        return list(self._log)
 
     def __enter__(self) -> NatsServer:
         return self.start()
