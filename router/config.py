@@ -19,6 +19,26 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int = 0  # 0 = no /metrics endpoint
     models: tuple[str, ...] = ()  # empty = the rule set's models
     metrics_host: str = "0.0.0.0"  # address /metrics listens on (all interfaces: containers)
+    # A work queue that refused a publish is skipped for this long (router.backpressure),
+    # so a burst is shed at once instead of one JetStream round trip per refusal.
+    full_queue_memory: float = 0.05
+    # ---- input limits: a request past one is refused with an error naming it ----------
+    max_messages: int = 1_024  # chat messages in one request
+    max_tokens_limit: int = 32_768  # the largest max_tokens a request may ask for
+    # ---- durable ingress (SLM_INGRESS) for batch clients ----------------------------
+    durable_ingress: bool = True  # also serve requests from the SLM_INGRESS stream
+    ingress_max_msgs: int = 100_000  # the stream refuses new requests past this many
+    ingress_max_bytes: int = 1_073_741_824
+    ingress_ack_wait: float = 30.0  # a router that took a request and died: redelivered after this
+    ingress_max_deliver: int = 5
+    ingress_batch: int = 32  # durable requests one router pulls and routes at once
+    ingress_retry_delay: float = 1.0  # no replica / overloaded: offer the request again after this
+    # ---- dead letters (SLM_DEAD) ------------------------------------------------------
+    # Work that used up its deliveries is copied to SLM_DEAD, removed from its queue (a
+    # WorkQueue stream would keep it forever) and its client gets redelivery_exhausted.
+    dead_letter: bool = True
+    dead_letter_max_age: float = 604_800.0  # a week
+    dead_letter_max_bytes: int = 1_073_741_824
     # ---- model choice (router.rules, router.scorer) -----------------------------------
     rules_path: str = ""  # rules TOML; "" = the shipped router/data/rules.toml
     rules_poll: float = 2.0  # seconds between checks of the rules file's mtime; 0 = SIGHUP only

@@ -8,6 +8,7 @@ error reply — never an exception out of the handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -23,9 +25,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 from prometheus_client import CollectorRegistry
 
+from router.backpressure import FullQueues
 from router.config import RouterConfig
 from router.context import PrefixMemory
+from router.deadletter import DeadLetters
 from router.decision_log import DecisionLog
+from router.ingress import DurableIngress
 from router.metrics import RouterMetrics
 from router.policy import Policy, UnknownModel
 from router.registry import ReplicaTable
@@ -35,15 +40,30 @@ from router.sessions import SessionTable
 from subjects import codec
 from subjects.codec import BadMessage
 from subjects.messages import ChatRequest, ErrorCode, ErrorReply, WorkItem
-from subjects.names import HEADER_MSG_ID, HEADER_REPLY, ROUTER_QUEUE_GROUP, Names, is_token
+from subjects.names import (
+    HEADER_MSG_ID,
+    HEADER_REPLY,
+    ROUTER_QUEUE_GROUP,
+    BadName,
+    Names,
+    is_token,
+)
 from subjects.settings import (
+    DEDUP_WINDOW_SECONDS,
     ERR_MAX_MSGS_PER_SUBJECT,
+    dead_letter_stream_config,
     ensure_stream,
+    ingress_consumer_config,
+    ingress_stream_config,
     replica_bucket_config,
     work_stream_config,
 )
 
 log = logging.getLogger("slm.router")
+
+# Room a work item needs around the request it wraps (ids, reply subject, routing context,
+# headers), so a request that passes the size check also fits the server's max_payload.
+WORK_ITEM_OVERHEAD_BYTES = 4096
 
 
 class Rejected(Exception):
@@ -53,6 +73,7 @@ class Rejected(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.request_id = ""  # filled in once the request is decoded
 
 
 def validate(request: ChatRequest) -> None:
@@ -98,12 +119,22 @@ class Router:
         self.rejected = 0
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.durable: DurableIngress | None = None
+        self._watcher: Any = None
+        self._reconnected = asyncio.Event()
+        self._expire_after = 0.0  # monotonic; replicas are not expired before this
+        self.full_queues = FullQueues(self.config.full_queue_memory, self.config.queue_bound)
+        # Bytes a request may have: the configured limit, and room left under the server's
+        # max_payload for the work item that wraps it (set on connect).
+        self.request_limit = self.config.max_request_bytes
 
     # ---- lifecycle -----------------------------------------------------------------
     async def run(self) -> None:
         """Serve until ``stop()``; raises if NATS cannot be reached at start."""
         self.nc = await nats.connect(
-            self.config.nats_url, name="slm-router", max_reconnect_attempts=-1
+            self.config.nats_url, name="slm-router", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, reconnected_cb=self._on_reconnected,
         )
         self.js = self.nc.jetstream()
         for model in self.models:
@@ -111,7 +142,10 @@ class Router:
                 self.names, model, self.config.queue_bound, self.config.stream_replicas))
         kv = await self.js.create_key_value(
             **replica_bucket_config(self.names, self.config.stream_replicas))
-        watcher = await kv.watchall()
+        self._watcher = await kv.watchall()
+        self.request_limit = min(self.config.max_request_bytes,
+                                 self.nc.max_payload - WORK_ITEM_OVERHEAD_BYTES)
+        await self._start_reliability()
         sub = await self.nc.subscribe(
             self.names.ingress, queue=ROUTER_QUEUE_GROUP, cb=self._enqueue,
             pending_msgs_limit=self.config.concurrency * 64,
@@ -119,7 +153,7 @@ class Router:
         log.info("router serving %s for models %s", self.names.ingress, ", ".join(self.models))
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._watch_registry(watcher), name="registry-watch")
+                tasks.create_task(self._keep_watching_registry(kv), name="registry-watch")
                 tasks.create_task(self._expire_replicas(), name="registry-expire")
                 self._install_sighup()
                 tasks.create_task(self._watch_rules(), name="rules-watch")
@@ -127,9 +161,13 @@ class Router:
                     tasks.create_task(self._flush_decisions(self.decision_log), name="decision-log")
                 for i in range(self.config.concurrency):
                     tasks.create_task(self._serve(), name=f"route-{i}")
+                durable = (tasks.create_task(self.durable.run(self._stopping), name="durable-ingress")
+                           if self.durable is not None else None)
                 self.ready.set()
                 await self._stopping.wait()
                 await sub.unsubscribe()  # stop intake, then finish what was taken in
+                if durable is not None:
+                    await asyncio.wait_for(durable, timeout=5.0)
                 await asyncio.wait_for(self._inbox.join(), timeout=5.0)
                 raise _Stopped
         except* _Stopped:
@@ -138,7 +176,9 @@ class Router:
             self._stop_sighup()
             if self.decision_log is not None:
                 self.decision_log.flush()
-            await watcher.stop()
+            await self._watcher.stop()
+            if self.dead_letters is not None:
+                await self.dead_letters.stop()
             await self.nc.drain()
             log.info("router stopped: %d routed, %d errors", self.routed, self.rejected)
 
@@ -209,8 +249,44 @@ class Router:
             except OSError as exc:
                 log.error("cannot write decision log %s: %s", decisions.path, exc)
 
+    async def _start_reliability(self) -> None:
+        """Durable ingress (SLM_INGRESS) and the dead-letter monitor (SLM_DEAD), if enabled."""
+        assert self.nc is not None and self.js is not None
+        c = self.config
+        streams = [self.names.work_stream(model) for model in self.models]
+        if c.durable_ingress:
+            await ensure_stream(self.js, ingress_stream_config(
+                self.names, max_msgs=c.ingress_max_msgs, max_bytes=c.ingress_max_bytes,
+                max_msg_size=c.max_request_bytes + WORK_ITEM_OVERHEAD_BYTES,
+                replicas=c.stream_replicas))
+            consumer = ingress_consumer_config(
+                self.names, ack_wait=c.ingress_ack_wait, max_deliver=c.ingress_max_deliver,
+                max_ack_pending=max(c.ingress_batch * 64, 1024))
+            await self.js.add_consumer(self.names.ingress_stream, **consumer)  # create or update
+            subscription = await self.js.pull_subscribe_bind(
+                self.names.ingress_consumer, self.names.ingress_stream)
+            self.durable = DurableIngress(
+                self.names, subscription, self.admit, self._reply_error, Rejected,
+                batch=c.ingress_batch, max_deliver=c.ingress_max_deliver,
+                retry_delay=c.ingress_retry_delay)
+            streams.append(self.names.ingress_stream)
+        if c.dead_letter:
+            await ensure_stream(self.js, dead_letter_stream_config(
+                self.names, max_age=c.dead_letter_max_age, max_bytes=c.dead_letter_max_bytes,
+                replicas=c.stream_replicas))
+            self.dead_letters = DeadLetters(self.nc, self.js, self.names, tuple(streams), self.registry)
+            await self.dead_letters.start()
+
     async def _enqueue(self, msg: Msg) -> None:
-        await self._inbox.put(msg)
+        try:
+            self._inbox.put_nowait(msg)
+        except asyncio.QueueFull:
+            # Shed at the door, at once. Waiting here would stall this subscription until
+            # NATS's pending limit drops messages silently (slow consumer) — a burst would
+            # turn into timeouts instead of a clear, immediate "overloaded".
+            if self.names.reply_problem(msg.reply) is None:
+                await self._reply_error(msg.reply, "", ErrorCode.OVERLOADED, (
+                    f"router busy: {self._inbox.qsize()} requests already waiting; retry later"))
 
     async def _serve(self) -> None:
         while True:
@@ -222,6 +298,41 @@ class Router:
                 await self._reply_error(msg.reply, "", ErrorCode.INTERNAL, "router error")
             finally:
                 self._inbox.task_done()
+
+    async def _on_reconnected(self) -> None:
+        self._reconnected.set()
+
+    async def _keep_watching_registry(self, kv: Any) -> None:
+        """Watch the registry; after a NATS reconnect, start a fresh watch at once.
+
+        nats-py's ordered consumer notices a restarted server only after missed heartbeats
+        (about 10 s); meanwhile no heartbeat would arrive, every replica would expire and
+        every request get no_replica. A fresh watch replays each replica's latest heartbeat;
+        until it has, replicas are not expired (the silence was ours, not theirs).
+        """
+        while True:
+            watching = asyncio.ensure_future(self._watch_registry(self._watcher))
+            reconnected = asyncio.ensure_future(self._reconnected.wait())
+            try:
+                done, _ = await asyncio.wait({watching, reconnected},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (watching, reconnected):
+                    task.cancel()
+            if watching in done:
+                watching.result()  # a failure ends the router, as before; a clean end re-watches
+            self._reconnected.clear()
+            self._expire_after = time.monotonic() + self.config.replica_ttl
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+            while True:
+                try:
+                    self._watcher = await kv.watchall()
+                    break
+                except Exception as exc:  # JetStream still recovering after a server restart
+                    log.warning("registry watch failed (%s); retrying", exc)
+                    await asyncio.sleep(0.25)
+            log.info("registry watch restarted after a reconnect")
 
     async def _watch_registry(self, watcher: object) -> None:
         async for entry in watcher:  # type: ignore[attr-defined]
@@ -236,7 +347,8 @@ class Router:
 
     async def _expire_replicas(self) -> None:
         while True:
-            for model, replica in self.table.expire(time.monotonic()):
+            now = time.monotonic()
+            for model, replica in self.table.expire(now) if now >= self._expire_after else ():
                 log.warning("replica %s/%s stopped heartbeating; dropped", model, replica)
             for model in self.models:
                 self.metrics.replicas_seen(model, [s.beat for s in self.table.live(model).values()])
@@ -246,25 +358,59 @@ class Router:
     async def handle(self, msg: Msg) -> None:
         """Route one ingress message; every outcome is a publish or an error reply."""
         received = time.perf_counter()
-        if not msg.reply:
+        problem = self.names.reply_problem(msg.reply)
+        if problem is not None:
+            # Nowhere safe to answer: a missing reply, or one aimed at the fabric's own
+            # subjects or a system API (answering there would act with the router's rights).
             self.metrics.unanswerable.inc()
-            log.debug("dropping an ingress message with no reply subject")
+            log.debug("not routing an ingress message: %s", problem)
             return
+        try:
+            await self.admit(msg, received)
+        except Rejected as rejection:
+            await self._reply_error(msg.reply, rejection.request_id, rejection.code, rejection.message)
+
+    async def admit(self, msg: Msg, received: float, default_id: str = "") -> None:
+        """Check, decide and publish one request; raises Rejected naming what is wrong.
+
+        ``default_id`` names a request that carries no id of its own (durable ingress
+        passes one derived from the stream sequence, so a redelivery keeps it).
+        """
         request_id = ""
         try:
-            if len(msg.data) > self.config.max_request_bytes:
+            if len(msg.data) > self.request_limit:
                 raise Rejected(ErrorCode.TOO_LARGE, (
-                    f"request is {len(msg.data)} bytes; the limit is "
-                    f"{self.config.max_request_bytes}"))
+                    f"request is {len(msg.data)} bytes; the limit is {self.request_limit}"))
             try:
                 request = codec.decode_request(msg.data, msg.subject)
             except BadMessage as exc:
                 raise Rejected(ErrorCode.BAD_REQUEST, exc.reason) from exc
-            request_id = request.id or uuid.uuid4().hex
+            request_id = request.id or default_id or uuid.uuid4().hex
             validate(request)
+            self._check_limits(request)
+            if self._fleet_full():
+                raise Rejected(ErrorCode.OVERLOADED, (
+                    "every work queue of the fleet is full; retry later"))
             await self._route(request, request_id, msg, received)
         except Rejected as rejection:
-            await self._reply_error(msg.reply, request_id, rejection.code, rejection.message)
+            rejection.request_id = request_id
+            raise
+
+    def _fleet_full(self) -> bool:
+        """True while every work queue (each live replica's and each model's .any) was
+        refused within the last moment: the request would be refused too, so skip routing."""
+        full = self.full_queues.count(time.monotonic())
+        return full > 0 and full >= sum(len(self.table.live(m)) + 1 for m in self.models)
+
+    def _check_limits(self, request: ChatRequest) -> None:
+        c = self.config
+        if len(request.messages) > c.max_messages:
+            raise Rejected(ErrorCode.TOO_LARGE, (
+                f"messages: {len(request.messages)} messages; the limit is {c.max_messages}"))
+        if request.max_tokens is not None and request.max_tokens > c.max_tokens_limit:
+            raise Rejected(ErrorCode.BAD_REQUEST, (
+                f"max_tokens: {request.max_tokens} is more than this fabric allows "
+                f"({c.max_tokens_limit})"))
 
     async def _route(self, request: ChatRequest, request_id: str, msg: Msg, received: float) -> None:
         now = time.time()
@@ -275,7 +421,7 @@ class Router:
         t1 = time.perf_counter()
         try:
             choice = self.policy.choose_model(ctx, time.monotonic())
-        except UnknownModel as exc:
+        except (UnknownModel, BadName) as exc:  # BadName: a model name with nothing to slug
             raise Rejected(ErrorCode.UNKNOWN_MODEL, str(exc)) from exc
         t2 = time.perf_counter()
         candidates = self.policy.choose_replicas(ctx, choice.model, self.table)
@@ -290,20 +436,31 @@ class Router:
         assert self.js is not None
         headers = {HEADER_MSG_ID: request_id, HEADER_REPLY: msg.reply}
         for replica, cache_class in candidates:
+            subject = self.names.work(choice.model, replica)
+            if self.full_queues.is_full(subject, time.monotonic()):
+                self.metrics.queue_full.labels(choice.model).inc()
+                continue  # full a moment ago (or by publishes in flight): skip the round trip
             item = WorkItem(
                 request_id=request_id, reply=msg.reply, model=choice.model, replica=replica,
                 deadline=request.deadline or 0.0, routed_at=now, request=msg.data, context=ctx,
                 decision_path=choice.path, cache_class=cache_class,
             )
+            self.full_queues.publishing(subject)
             try:
-                await self.js.publish(
-                    self.names.work(choice.model, replica), codec.encode_work(item), headers=headers
-                )
+                ack = await self.js.publish(subject, codec.encode_work(item), headers=headers)
             except APIError as exc:
                 if exc.err_code == ERR_MAX_MSGS_PER_SUBJECT:
+                    self.full_queues.mark(subject, time.monotonic())
                     self.metrics.queue_full.labels(choice.model).inc()
                     continue  # that queue is full: try the next replica
                 raise
+            finally:
+                self.full_queues.published(subject)
+            if ack.duplicate:
+                raise Rejected(ErrorCode.DUPLICATE_ID, (
+                    f"id: {request_id!r} was accepted already (within the last "
+                    f"{DEDUP_WINDOW_SECONDS:.0f}s); its replies go to the first requester. "
+                    "A retry of your own request: keep waiting. Otherwise: use another id"))
             self.metrics.decided(choice.model, choice.task_class.name.lower(), choice.path, cache_class)
             if self.decision_log is not None:
                 self.decision_log.record(now, ctx, choice, replica)
