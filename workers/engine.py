@@ -48,6 +48,15 @@ class EngineGenerateError(EngineError):
         self.retryable = retryable
 
 
+class EngineRequestError(EngineGenerateError):
+    """Raised when the engine cannot run the request as given (a bad sampling parameter,
+    an unusable JSON schema, a prompt longer than the model); not retryable: the client
+    gets a ``bad_request`` reply naming the problem."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class EngineDeadError(EngineError):
     """Raised when the engine can serve nothing more; not recoverable: the worker exits."""
 

@@ -1,11 +1,19 @@
-"""How a finished attempt maps to JetStream: the one place a worker acks, naks or terms.
+"""How an attempt at one work message maps to JetStream: the one place a worker settles.
 
-| outcome  | when                                            | JetStream           |
-| -------- | ----------------------------------------------- | ------------------- |
-| DONE     | final chunk or error reply sent                 | ack                 |
-| RETRY    | engine failed this attempt, may succeed again   | nak with a delay    |
-| POISON   | the message does not decode                     | term (+ error reply)|
-| RELEASE  | shutting down / engine dead: let another take it | nak, no delay       |
+| situation                                        | reply to the client              | Outcome | JetStream            |
+| ------------------------------------------------ | -------------------------------- | ------- | -------------------- |
+| generation finished (or the client cancelled)    | final chunk                      | DONE    | ack                  |
+| the engine refused the request as given          | error ``bad_request``            | DONE    | ack                  |
+| deadline or max queue delay passed before start  | error ``deadline_exceeded``      | DONE    | ack (never started)  |
+| deadline passed during generation                | error ``deadline_exceeded``      | DONE    | ack (engine aborted) |
+| engine failed this attempt, deliveries remain    | nothing yet                      | RETRY   | nak with a delay     |
+| engine failed on the last delivery               | error ``engine_error``           | DONE    | ack                  |
+| message does not decode                          | error ``bad_request`` (if it can)| POISON  | term                 |
+| shutdown past the grace period / engine dead     | nothing (another replica answers)| RELEASE | nak, no delay        |
+| still generating after ``in_progress_interval``  | (streaming goes on)              | —       | in-progress ack      |
+
+A redelivered message (``num_delivered > 1``) starts a fresh attempt whose first chunk has
+``restarted`` set, so the client drops partial output from the attempt that was lost.
 """
 
 from __future__ import annotations
@@ -20,6 +28,11 @@ class Outcome(enum.Enum):
     RETRY = "retry"
     POISON = "poison"
     RELEASE = "release"
+
+
+def after_failure(retryable: bool, deliveries: int, max_deliver: int) -> Outcome:
+    """A failed attempt: retry while deliveries remain, else it ends (with an error reply)."""
+    return Outcome.RETRY if retryable and deliveries < max_deliver else Outcome.DONE
 
 
 async def settle(msg: Msg, outcome: Outcome, retry_delay: float) -> None:

@@ -13,6 +13,7 @@ given up on is still delivered, never dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,14 +46,18 @@ class Puller:
     """Issues pull requests against ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>``."""
 
     def __init__(self, nc: NATS, api_prefix: str, stream: str, consumer: str,
-                 on_message: Callable[[Msg], None]) -> None:
+                 on_message: Callable[[Msg], None],
+                 on_credits: Callable[[], None] | None = None) -> None:
         self._nc = nc
+        # Called when a request settles and its undelivered credits return to the caller.
+        self._on_credits = on_credits
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._on_message = on_message
         self._inbox = nc.new_inbox()
         self._ids = itertools.count(1)
         self._open: dict[str, PullRequest] = {}
         self._subs: dict[str, Subscription] = {}
+        self._unsubscribing: set[asyncio.Task[None]] = set()
         self.late_deliveries = 0
         self.consumer = consumer
 
@@ -60,6 +65,10 @@ class Puller:
         return None
 
     async def stop(self) -> None:
+        # Finish the unsubscribes already under way first: one still pending when the
+        # connection drains can stop its subscription mid-drain and hang the drain.
+        if self._unsubscribing:
+            await asyncio.gather(*self._unsubscribing, return_exceptions=True)
         for sub in list(self._subs.values()):
             await sub.unsubscribe()
         self._subs.clear()
@@ -105,10 +114,10 @@ class Puller:
                 self._finish(token, "local-timeout")
                 break
             request.activity.clear()
-            try:
-                await asyncio.wait_for(request.activity.wait(), remaining)
-            except TimeoutError:
-                continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await request.activity.wait()
         return request
 
     def _finish(self, token: str, status: str) -> None:
@@ -117,10 +126,14 @@ class Puller:
             request.finished = True
             request.status = status
             request.activity.set()
+            if self._on_credits is not None and request.received < request.batch:
+                self._on_credits()
         # The server sends nothing more once it has answered with a status or filled the
         # batch; after a local timeout it still might, so that subscription stays.
         if status != "local-timeout" and (sub := self._subs.pop(token, None)) is not None:
-            asyncio.get_running_loop().create_task(sub.unsubscribe())
+            task = asyncio.get_running_loop().create_task(sub.unsubscribe())
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
 
     async def _on_reply(self, token: str, msg: Msg) -> None:
         request = self._open.get(token)

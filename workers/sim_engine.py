@@ -1,18 +1,41 @@
 """A simulated engine, named as one everywhere it reports: no model, no GPU.
 
-It models what routing can change: prefill time for prompt tokens not already in this
-replica's prefix cache, decode time per output token that grows with the running batch,
-a concurrency limit, and a per-replica LRU cache over fixed-size prompt blocks (chained
-hashes, so a block only hits when everything before it matched, as in vLLM).
+It models what routing and admission can change, the way vLLM's scheduler behaves:
+
+* **continuous batching** — one scheduler loop runs engine *steps*; each step decodes one
+  token for every running sequence and prefills the sequences admitted in that step;
+* **prefill** costs ``prefill_seconds_per_token`` for every prompt token *not* already in
+  this replica's prefix cache, so a prefix hit lowers time-to-first-token exactly as on
+  vLLM (the first token comes out at the end of the prefill step);
+* **decode** costs ``decode_seconds_per_token × (1 + batch_slowdown × (batch − 1))`` per
+  step: a bigger batch makes every running sequence a little slower;
+* a **concurrency limit** (``capacity``, vLLM's ``max_num_seqs``): more requests wait;
+* a per-replica **LRU prefix cache** of prompt blocks: chained hashes of fixed-size text
+  chunks (``block_tokens × chars_per_token`` characters), so a block only hits when every
+  block before it matched, as in vLLM's hash-chained KV blocks.
+
+Default constants (one replica of a 0.5–3B instruct model on one datacentre GPU):
+
+| constant | default | where it comes from |
+| --- | --- | --- |
+| ``decode_seconds_per_token`` | 5.5 ms | Qwen2.5 Speed Benchmark (qwen.readthedocs.io, "Qwen2.5 Speed Benchmark", vLLM 0.6.3, A100 80GB, BF16, batch 1): Qwen2.5-1.5B-Instruct 183.33 tokens/s → 5.45 ms/token (0.5B: 311.55 tokens/s → 3.2 ms) |
+| ``prefill_seconds_per_token`` | 25 µs | 2 × 1.5e9 FLOP per token at 40% of the A100's 312 TFLOP/s; the same table bounds it from above: 6,144 prompt tokens add 0.42 s (183.33 → 176.68 tokens/s over 2,048 generated), ≤ 68 µs/token |
+| ``batch_slowdown`` | 0.05 | measured here with vLLM on CPU (``bench/engine.py``): SmolLM2-135M step time grows ~5% per extra running sequence (10 tokens/s alone, ~60 over 8 streams) |
+| ``block_tokens`` | 16 | vLLM's default KV block size on GPU |
+| ``capacity`` | 8 | the fabric's default ``max_inflight`` |
+
+``time_scale`` multiplies every delay (tests use 0.01). ``bench/engine.py`` prints the
+measured CPU figures next to these.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import xxhash
@@ -27,20 +50,26 @@ _WORDS = (
 
 
 class SimParams(msgspec.Struct, frozen=True, kw_only=True):
-    """Constants of the simulated engine; ``time_scale`` shrinks every delay (tests)."""
+    """Constants of the simulated engine (see the module docstring for their sources)."""
 
     capacity: int = 8
     block_tokens: int = 16
     chars_per_token: float = 4.0
     cache_blocks: int = 4096
-    prefill_seconds_per_token: float = 0.00005
-    decode_seconds_per_token: float = 0.01
-    batch_slowdown: float = 0.05  # each extra running sequence adds 5% per-token time
+    prefill_seconds_per_token: float = 0.000025
+    decode_seconds_per_token: float = 0.0055
+    batch_slowdown: float = 0.05  # each extra running sequence adds 5% to a step
     default_max_tokens: int = 32
     time_scale: float = 1.0
 
 
+def render_prompt(request: ChatRequest) -> str:
+    """The text the simulated engine 'tokenizes': roles and contents, in order."""
+    return "".join(f"{m.role}\x1f{m.text()}\x1e" for m in request.messages)
+
+
 def block_hashes(text: str, block_chars: int) -> list[int]:
+    """Chained hashes of the full ``block_chars``-byte chunks of ``text`` (a tail is not a block)."""
     data = text.encode("utf-8", "surrogatepass")
     hashes, h = [], 0
     for start in range(0, len(data) - block_chars + 1, block_chars):
@@ -72,76 +101,170 @@ class BlockCache:
         while len(self._blocks) > self.capacity:
             self._blocks.popitem(last=False)
 
-    @property
-    def usage(self) -> float:
-        return len(self._blocks) / self.capacity if self.capacity else 0.0
+    def clear(self) -> None:
+        self._blocks.clear()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request_id: str
+    prompt_tokens: int
+    hashes: list[int]
+    budget: int
+    seed: int
+    out: asyncio.Queue[Delta] = field(default_factory=asyncio.Queue)
+    cached_tokens: int = 0
+    produced: int = 0
+    prefilled: bool = False
+    aborted: bool = False
 
 
 class SimEngine:
+    """The simulated engine: one scheduler task steps every running sequence together."""
+
     name = "sim"
 
     def __init__(self, params: SimParams | None = None, *, fail_every: int = 0) -> None:
         self.params = params or SimParams()
         self.capacity = self.params.capacity
         self.cache = BlockCache(self.params.cache_blocks)
-        self._slots = asyncio.Semaphore(self.params.capacity)
-        self._running = 0
-        self._waiting = 0
-        self._aborted: set[str] = set()
-        self._queried_blocks = 0
-        self._hit_blocks = 0
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._running: list[_Sequence] = []
+        self._by_id: dict[str, _Sequence] = {}
+        self._work = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._queried_tokens = 0
+        self._hit_tokens = 0
         self._fail_every = fail_every  # every Nth request fails, retryably (tests)
         self._count = itertools.count(1)
+        self.steps = 0
+        self.max_batch = 0  # the largest batch a step ran (tests check the limit)
 
+    # ---- Engine protocol ---------------------------------------------------------------
     async def warmup(self) -> None:
-        await asyncio.sleep(0)
+        self._ensure_scheduler()
 
     def stats(self) -> EngineStats:
-        rate = self._hit_blocks / self._queried_blocks if self._queried_blocks else 0.0
-        return EngineStats(self._running, self._waiting, self.cache.usage, rate)
+        rate = self._hit_tokens / self._queried_tokens if self._queried_tokens else 0.0
+        p = self.params
+        held = sum(len(s.hashes) + (s.produced + p.block_tokens - 1) // p.block_tokens
+                   for s in self._running)
+        usage = min(held / p.cache_blocks, 1.0) if p.cache_blocks else 0.0
+        return EngineStats(len(self._running), len(self._waiting), usage, rate)
 
     async def abort(self, request_id: str) -> None:
-        self._aborted.add(request_id)
+        seq = self._by_id.get(request_id)
+        if seq is not None:
+            seq.aborted = True
+            self._work.set()
 
     async def close(self) -> None:
-        return None
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+            self._scheduler = None
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached block (benchmarks start each phase cold)."""
+        self.cache.clear()
 
     async def generate(self, request_id: str, request: ChatRequest) -> AsyncIterator[Delta]:
         p = self.params
         if self._fail_every and next(self._count) % self._fail_every == 0:
             raise EngineGenerateError("simulated transient engine failure", retryable=True)
-        text = "".join(f"{m.role}\x1f{m.text()}\x1e" for m in request.messages)
-        prompt_tokens = int(len(text) / p.chars_per_token) + 1
-        hashes = block_hashes(text, int(p.block_tokens * p.chars_per_token))
-        self._waiting += 1
+        text = render_prompt(request)
+        seq = _Sequence(
+            request_id=request_id,
+            prompt_tokens=int(len(text) / p.chars_per_token) + 1,
+            hashes=block_hashes(text, int(p.block_tokens * p.chars_per_token)),
+            budget=request.max_tokens or p.default_max_tokens,
+            seed=xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass")),
+        )
+        self._ensure_scheduler()
+        self._by_id[request_id] = seq
+        self._waiting.append(seq)
+        self._work.set()
         try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-        self._running += 1
-        try:
-            hit = self.cache.match(hashes)
-            self._queried_blocks += len(hashes)
-            self._hit_blocks += hit
-            cached_tokens = hit * p.block_tokens
-            self.cache.insert(hashes)
-            uncached = max(prompt_tokens - cached_tokens, 1)
-            await asyncio.sleep(uncached * p.prefill_seconds_per_token * p.time_scale)
-            budget = request.max_tokens or p.default_max_tokens
-            seed = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
-            for i in range(budget):
-                if request_id in self._aborted:
-                    self._aborted.discard(request_id)
-                    yield Delta("", "abort", prompt_tokens, i, cached_tokens)
+            while True:
+                delta = await seq.out.get()
+                yield delta
+                if delta.finish_reason is not None:
                     return
-                step = p.decode_seconds_per_token * (1 + p.batch_slowdown * (self._running - 1))
-                await asyncio.sleep(step * p.time_scale)
-                word = _WORDS[(seed + i) % len(_WORDS)]
-                delta = word if i == 0 else " " + word
-                if i == budget - 1:
-                    yield Delta(delta, "length", prompt_tokens, budget, cached_tokens)
-                else:
-                    yield Delta(delta)
         finally:
-            self._running -= 1
-            self._slots.release()
+            # The consumer went away (cancelled, closed early): free the slot at the next step.
+            seq.aborted = True
+            if self._by_id.get(request_id) is seq:
+                del self._by_id[request_id]
+            self._work.set()
+
+    # ---- the scheduler -----------------------------------------------------------------
+    def _ensure_scheduler(self) -> None:
+        if self._scheduler is None or self._scheduler.done():
+            self._scheduler = asyncio.get_running_loop().create_task(
+                self._schedule(), name="sim-engine-scheduler")
+
+    async def _schedule(self) -> None:
+        p = self.params
+        while True:
+            self._drop_aborted()
+            if not self._running and not self._waiting:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            admitted = self._admit()
+            decoding = [s for s in self._running if s.prefilled]
+            step = self.step_seconds(len(decoding), sum(s.prompt_tokens - s.cached_tokens for s in admitted))
+            self.max_batch = max(self.max_batch, len(self._running))
+            await asyncio.sleep(step * p.time_scale)
+            self.steps += 1
+            for seq in admitted:
+                seq.prefilled = True
+            for seq in [*decoding, *admitted]:
+                if not seq.aborted:
+                    self._emit_token(seq)
+            self._running = [s for s in self._running if s.produced < s.budget]
+
+    def step_seconds(self, decoding: int, prefill_tokens: int) -> float:
+        """Modelled length of one engine step (before ``time_scale``)."""
+        p = self.params
+        step = prefill_tokens * p.prefill_seconds_per_token
+        if decoding:
+            step += p.decode_seconds_per_token * (1 + p.batch_slowdown * (decoding - 1))
+        return step
+
+    def _admit(self) -> list[_Sequence]:
+        """Move waiting sequences into the batch up to the limit; look up their prefixes."""
+        p = self.params
+        admitted = []
+        while self._waiting and len(self._running) < p.capacity:
+            seq = self._waiting.popleft()
+            hit = self.cache.match(seq.hashes)
+            # vLLM always computes the last prompt token, so a full hit still prefills one.
+            seq.cached_tokens = min(hit * p.block_tokens, seq.prompt_tokens - 1)
+            self.cache.insert(seq.hashes)
+            self._queried_tokens += seq.prompt_tokens
+            self._hit_tokens += seq.cached_tokens
+            self._running.append(seq)
+            admitted.append(seq)
+        return admitted
+
+    def _drop_aborted(self) -> None:
+        for seq in [s for s in (*self._waiting, *self._running) if s.aborted]:
+            if seq in self._running:
+                self._running.remove(seq)
+            else:
+                self._waiting.remove(seq)
+            seq.out.put_nowait(Delta("", "abort", seq.prompt_tokens, seq.produced, seq.cached_tokens))
+
+    def _emit_token(self, seq: _Sequence) -> None:
+        i = seq.produced
+        seq.produced += 1
+        word = _WORDS[(seq.seed + i) % len(_WORDS)]
+        text = word if i == 0 else " " + word
+        if seq.produced >= seq.budget:
+            seq.out.put_nowait(Delta(text, "length", seq.prompt_tokens, seq.produced, seq.cached_tokens))
+        else:
+            seq.out.put_nowait(Delta(text))

@@ -3,11 +3,20 @@
 Credits bound everything: a worker never holds more messages than ``max_inflight``
 (delivered + requested), pulls its own sticky subject before the model's shared ``.any``
 queue, and acknowledges a message only after its final chunk or error reply is out.
+``workers.outcomes`` is the table of what each situation does to the message.
+
+Life cycle: start → engine warm-up (and one warm-up request) → heartbeat ``warm`` → serve.
+``stop()`` (SIGTERM) → draining heartbeat at once → no more pulls → in-flight work gets
+``grace_seconds`` to finish → the rest is nak'd for another replica → the registry entry
+is deleted → the NATS connection is drained → one summary log line. A dead engine stops
+intake the same way (its generations fail at once and release their messages) and makes
+``run()`` return 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,10 +29,18 @@ from prometheus_client import CollectorRegistry
 
 from subjects import codec
 from subjects.codec import BadMessage
-from subjects.messages import Chunk, ErrorCode, ErrorReply, Heartbeat, Usage, WorkItem
+from subjects.messages import (
+    ChatMessage,
+    ChatRequest,
+    Chunk,
+    ErrorCode,
+    ErrorReply,
+    Heartbeat,
+    Usage,
+    WorkItem,
+)
 from subjects.names import HEADER_REPLY, Names
 from subjects.settings import (
-    ACK_WAIT_SECONDS,
     HEARTBEAT_INTERVAL_SECONDS,
     MAX_DELIVER,
     ensure_stream,
@@ -32,17 +49,14 @@ from subjects.settings import (
     work_stream_config,
 )
 from workers.config import WorkerConfig
-from workers.engine import Engine, EngineDeadError, EngineGenerateError
+from workers.engine import Engine, EngineDeadError, EngineGenerateError, EngineRequestError
 from workers.metrics import WorkerMetrics
-from workers.outcomes import Outcome, settle
+from workers.outcomes import Outcome, after_failure, settle
 from workers.pull import Puller
 
 log = logging.getLogger("slm.worker")
 
-# The shared .any consumer is pulled by every replica of the model: bound it loosely;
-# each worker's own credits are the real bound.
-ANY_MAX_ACK_PENDING = 10_000
-IN_PROGRESS_EVERY = ACK_WAIT_SECONDS / 3
+WARMUP_REQUEST = ChatRequest(messages=[ChatMessage(role="user", content="Say hello.")], max_tokens=2)
 
 
 @dataclass
@@ -63,12 +77,19 @@ class Worker:
         self.warm = False
         self.draining = False
         self.ready = asyncio.Event()
-        self.completed = 0
-        self.failed = 0
+        self.completed = 0  # final chunk sent
+        self.failed = 0  # ended in an error reply
+        self.retried = 0  # nak'd with a delay after a retryable failure
+        self.released = 0  # handed back (nak) at shutdown or engine death
+        self.poisoned = 0  # undecodable, terminated
         self._stopping = asyncio.Event()
+        self._served = False
+        self._beat_now = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._active: dict[str, asyncio.Task[None]] = {}  # request id -> its task
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._active: set[str] = set()  # request ids on the engine now
+        self._expired: set[str] = set()  # request ids aborted because their deadline passed
+        self._tasks: set[asyncio.Task[None]] = set()  # one per held message: the credits
+        self._aborts: set[asyncio.Task[None]] = set()
         self._in_flight_tokens = 0
         self._dead: EngineDeadError | None = None
         self._started_at = time.time()
@@ -82,21 +103,59 @@ class Worker:
         self.js = self.nc.jetstream()
         await ensure_stream(self.js, work_stream_config(self.names, c.model, c.queue_bound,
                                                         c.stream_replicas))
+        # JetStream enforces the credits too: the own consumer never has more than
+        # max_inflight un-acked messages, whatever this process does.
         await self._ensure_consumer(self.own_consumer, self.names.work(c.model, c.replica),
                                     c.max_inflight)
         await self._ensure_consumer(self.any_consumer, self.names.work_any(c.model),
-                                    ANY_MAX_ACK_PENDING)
+                                    c.any_max_ack_pending)
         self.kv = await self.js.create_key_value(**replica_bucket_config(self.names, c.stream_replicas))
         api = "$JS.API"
-        self.own = Puller(self.nc, api, self.stream, self.own_consumer, self._on_message)
-        self.any = Puller(self.nc, api, self.stream, self.any_consumer, self._on_message)
+        # A settled pull request returns its undelivered credits: wake the pull loop.
+        self.own = Puller(self.nc, api, self.stream, self.own_consumer, self._on_message,
+                          self._slot_freed.set)
+        self.any = Puller(self.nc, api, self.stream, self.any_consumer, self._on_message,
+                          self._slot_freed.set)
         await self.own.start()
         await self.any.start()
         cancel_sub = await self.nc.subscribe(self.names.cancel_wildcard, cb=self._on_cancel)
-        await self.engine.warmup()
+        try:
+            if await self._warm_up():
+                await self._serve()
+        finally:
+            self.draining = True
+            await cancel_sub.unsubscribe()
+            await self.own.stop()
+            await self.any.stop()
+            with contextlib.suppress(Exception):  # best effort: the entry also ages out
+                await self.kv.delete(self.names.replica_key(c.model, c.replica))
+            await self.engine.close()
+            await self.nc.drain()
+            log.info("worker %s/%s stopped: %d completed, %d failed, %d retried, %d released, "
+                     "%d poison%s", c.model, c.replica, self.completed, self.failed, self.retried,
+                     self.released, self.poisoned,
+                     f"; engine dead: {self._dead}" if self._dead else "")
+        return 1 if self._dead else 0
+
+    async def _warm_up(self) -> bool:
+        """Start the engine and run one request through it before reporting warm."""
+        c = self.config
+        started = time.perf_counter()
+        try:
+            await self.engine.warmup()
+            if c.warmup:
+                async for _ in self.engine.generate(f"warmup-{c.replica}", WARMUP_REQUEST):
+                    pass
+        except (EngineDeadError, EngineGenerateError) as exc:
+            self._dead = exc if isinstance(exc, EngineDeadError) else EngineDeadError(str(exc))
+            log.error("worker %s/%s: engine failed to warm up: %s", c.model, c.replica, exc)
+            return False
         self.warm = True
-        log.info("worker %s/%s warm (%s engine, %d slots)", c.model, c.replica,
-                 self.engine.name, c.max_inflight)
+        log.info("worker %s/%s warm in %.1fs (%s engine, %d slots)", c.model, c.replica,
+                 time.perf_counter() - started, self.engine.name, c.max_inflight)
+        return True
+
+    async def _serve(self) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._heartbeat_loop(), name="heartbeat")
@@ -105,37 +164,34 @@ class Worker:
                 await self._stopping.wait()
                 pulling.cancel()
                 await self._drain_in_flight()
+                self._served = True  # the loops also stop on this: see _heartbeat_loop
                 raise _Stopped
         except* _Stopped:
             pass
-        finally:
-            self.draining = True
-            await self._publish_heartbeat()
-            await cancel_sub.unsubscribe()
-            await self.own.stop()
-            await self.any.stop()
-            await self.engine.close()
-            await self.nc.drain()
-            log.info("worker %s/%s stopped: %d completed, %d failed%s", c.model, c.replica,
-                     self.completed, self.failed, f", engine dead: {self._dead}" if self._dead else "")
-        return 1 if self._dead else 0
+        with contextlib.suppress(Exception):
+            await self._publish_heartbeat()  # the last word: draining
 
     def stop(self) -> None:
+        """Begin a graceful stop (signal handlers call this); ``run()`` returns when done."""
         self.draining = True
         self._stopping.set()
+        self._beat_now.set()  # tell routers at once, not at the next heartbeat
 
     async def _drain_in_flight(self) -> None:
         """Finish in-flight work up to the grace period, then hand the rest back (nak)."""
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.grace_seconds)
-            for task in pending:
-                task.cancel()  # its handler naks the message on the way out
-            if pending:
-                await asyncio.wait(pending)
+        if not self._tasks:
+            return
+        # With a dead engine too: its generations fail at once and release their messages.
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.grace_seconds)
+        for task in pending:
+            task.cancel()  # its handler naks the message on the way out
+        if pending:
+            await asyncio.wait(pending)
 
     async def _ensure_consumer(self, durable: str, subject: str, max_ack_pending: int) -> None:
         assert self.js is not None
         cfg = work_consumer_config(durable, subject, max_ack_pending)
+        cfg["ack_wait"] = self.config.ack_wait
         try:
             await self.js.add_consumer(self.stream, **cfg)
         except nats.js.errors.BadRequestError:
@@ -145,6 +201,9 @@ class Worker:
     def _free_slots(self) -> int:
         held = len(self._tasks) + self.own.outstanding + self.any.outstanding
         return self.config.max_inflight - held
+
+    def _pull_size(self) -> int:
+        return min(self._free_slots(), self.config.fetch_batch)
 
     async def _pull_loop(self) -> None:
         """Own subject first, then .any; linger on the own subject only when both are empty."""
@@ -156,23 +215,25 @@ class Worker:
                 continue
             got = 0
             if not self.own.lingering:
-                got += (await self.own.pull(self._free_slots())).received
+                got += (await self.own.pull(self._pull_size())).received
             if self._free_slots() > 0:
-                got += (await self.any.pull(self._free_slots())).received
+                got += (await self.any.pull(self._pull_size())).received
             if got or self._free_slots() <= 0:
                 continue
             if not self.own.lingering:
-                await self.own.pull(self._free_slots(), expires=self.config.idle_poll,
+                await self.own.pull(self._pull_size(), expires=self.config.idle_poll,
                                     wait_for_first=True)
             else:
                 self._slot_freed.clear()
-                try:
-                    await asyncio.wait_for(self._slot_freed.wait(), self.config.idle_poll)
-                except TimeoutError:
-                    pass
+                await wait_event(self._slot_freed, self.config.idle_poll)
 
     def _on_message(self, msg: Msg) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(msg))
+        loop = asyncio.get_running_loop()
+        if self._stopping.is_set() or self._dead is not None:
+            # A pull answered after intake stopped: hand it straight back, untouched.
+            task = loop.create_task(self._release(msg))
+        else:
+            task = loop.create_task(self._handle(msg))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -189,6 +250,12 @@ class Worker:
             await self.engine.abort(request_id)
 
     # ---- one message ---------------------------------------------------------------------
+    async def _release(self, msg: Msg) -> None:
+        self.released += 1
+        self.metrics.settled(Outcome.RELEASE.value)
+        with contextlib.suppress(Exception):
+            await settle(msg, Outcome.RELEASE, 0.0)
+
     async def _handle(self, msg: Msg) -> None:
         outcome = Outcome.RELEASE
         try:
@@ -199,71 +266,83 @@ class Worker:
             log.exception("worker failed on a message")
             outcome = await self._unexpected_failure(msg, exc)
         finally:
+            if outcome is Outcome.RELEASE:
+                self.released += 1
+            elif outcome is Outcome.RETRY:
+                self.retried += 1
             self.metrics.settled(outcome.value)
             try:
-                await settle(msg, outcome, self.config.retry_delay)
+                # Shielded: a shutdown that cancels this task must not cut the ack/nak short.
+                await asyncio.shield(settle(msg, outcome, self.config.retry_delay))
             except Exception:  # the connection is gone: JetStream redelivers after ack_wait
                 log.warning("could not settle a message (%s); it will be redelivered", outcome.value)
 
     async def _unexpected_failure(self, msg: Msg, exc: Exception) -> Outcome:
         """A bug, not an engine verdict: retry, and on the last delivery answer the client."""
-        if msg.metadata.num_delivered < MAX_DELIVER:
-            return Outcome.RETRY
-        reply = msg.headers.get(HEADER_REPLY) if msg.headers else None
-        if reply:
-            await self._error(reply, "", ErrorCode.INTERNAL, f"worker error: {type(exc).__name__}")
-        self.failed += 1
-        return Outcome.DONE
+        outcome = after_failure(True, msg.metadata.num_delivered, MAX_DELIVER)
+        if outcome is Outcome.DONE:
+            reply = msg.headers.get(HEADER_REPLY) if msg.headers else None
+            if reply:
+                await self._error(reply, "", ErrorCode.INTERNAL, f"worker error: {type(exc).__name__}")
+            self.failed += 1
+        return outcome
 
     async def _process(self, msg: Msg) -> Outcome:
         self.metrics.received(msg.metadata.num_delivered)
-        assert self.nc is not None
         try:
             item = codec.decode_work(msg.data, msg.subject)
             request = codec.decode_request(item.request, msg.subject)
         except BadMessage as exc:
+            # Retrying the same bytes fails the same way: terminate, and tell the client
+            # if the message at least says where the client is.
             reply = msg.headers.get(HEADER_REPLY) if msg.headers else None
             if reply:
                 await self._error(reply, "", ErrorCode.BAD_REQUEST, f"undecodable work item: {exc.reason}")
-            self.failed += 1
+            log.warning("terminating an undecodable work message on %s: %s", msg.subject, exc.reason)
+            self.poisoned += 1
             return Outcome.POISON
         now = time.time()
         if item.deadline and now >= item.deadline:
+            self.failed += 1
             await self._error(item.reply, item.request_id, ErrorCode.DEADLINE_EXCEEDED,
-                              "deadline passed while the request waited in the queue")
+                              f"deadline passed {now - item.deadline:.3f}s before the request "
+                              "could start; it was not run")
             return Outcome.DONE
         waited = now - item.routed_at
         self.metrics.queue_seconds.observe(max(waited, 0.0))
         if self.config.max_queue_delay and waited > self.config.max_queue_delay:
+            self.failed += 1
             await self._error(item.reply, item.request_id, ErrorCode.DEADLINE_EXCEEDED,
-                              f"waited {waited:.3f}s in the queue; this model's limit is "
-                              f"{self.config.max_queue_delay}s")
+                              f"waited {waited:.3f}s in the queue; model {self.config.model!r} "
+                              f"starts work only within {self.config.max_queue_delay}s")
             return Outcome.DONE
         deliveries = msg.metadata.num_delivered
-        return await self._generate(msg, item, request, restarted=deliveries > 1,
-                                    last_attempt=deliveries >= MAX_DELIVER)
+        return await self._generate(msg, item, request, deliveries)
 
-    async def _generate(self, msg: Msg, item: WorkItem, request: object, *,
-                        restarted: bool, last_attempt: bool) -> Outcome:
+    async def _generate(self, msg: Msg, item: WorkItem, request: ChatRequest,
+                        deliveries: int) -> Outcome:
         assert self.nc is not None
         rid = item.request_id
+        restarted = deliveries > 1  # an earlier attempt may have streamed: the client resets
         tokens = item.context.prompt_tokens + item.context.max_tokens
-        self._active[rid] = asyncio.current_task()  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        self._active.add(rid)
         self._in_flight_tokens += tokens
-        keep_alive = asyncio.get_running_loop().create_task(self._keep_in_progress(msg))
+        keep_alive = loop.create_task(self._keep_in_progress(msg))
+        expiry = (loop.call_later(max(item.deadline - time.time(), 0.0), self._expire, rid)
+                  if item.deadline else None)
         started = time.perf_counter()
         ttft: float | None = None
         seq = 0
         buffered: list[str] = []
-        streaming = getattr(request, "stream", True)
         model, replica = self.config.model, self.config.replica
         try:
-            async for delta in self.engine.generate(rid, request):  # type: ignore[arg-type]
+            async for delta in self.engine.generate(rid, request):
                 if ttft is None:
                     ttft = time.perf_counter() - started
                     self.metrics.ttft_seconds.observe(ttft)
                 if delta.finish_reason is None:
-                    if not streaming:
+                    if not request.stream:
                         buffered.append(delta.text)
                         continue
                     await self.nc.publish(item.reply, codec.encode_reply(Chunk(
@@ -271,6 +350,12 @@ class Worker:
                         model=model, replica=replica)))
                     seq += 1
                     continue
+                if rid in self._expired:
+                    self.failed += 1
+                    await self._error(item.reply, rid, ErrorCode.DEADLINE_EXCEEDED,
+                                      f"deadline passed during generation after "
+                                      f"{delta.completion_tokens} tokens; stopped", seq)
+                    return Outcome.DONE
                 usage = Usage(delta.prompt_tokens, delta.completion_tokens, delta.cached_tokens)
                 text = "".join(buffered) + delta.text
                 await self.nc.publish(item.reply, codec.encode_reply(Chunk(
@@ -281,13 +366,18 @@ class Worker:
                 self.completed += 1
                 return Outcome.DONE
             raise EngineGenerateError("engine ended a stream without a final delta", retryable=True)
+        except EngineRequestError as exc:
+            self.failed += 1
+            await self._error(item.reply, rid, ErrorCode.BAD_REQUEST, str(exc), seq)
+            return Outcome.DONE
         except EngineGenerateError as exc:
-            if exc.retryable and not last_attempt:
-                log.warning("request %s failed (%s); retrying later", rid, exc)
-                return Outcome.RETRY
+            outcome = after_failure(exc.retryable, deliveries, MAX_DELIVER)
+            if outcome is Outcome.RETRY:
+                log.warning("request %s failed (%s); retrying in %.1fs", rid, exc, self.config.retry_delay)
+                return outcome
             self.failed += 1
             await self._error(item.reply, rid, ErrorCode.ENGINE_ERROR, str(exc), seq)
-            return Outcome.DONE
+            return outcome
         except EngineDeadError as exc:
             self._dead = exc
             log.error("engine died: %s; releasing work and stopping", exc)
@@ -295,14 +385,28 @@ class Worker:
             return Outcome.RELEASE
         finally:
             keep_alive.cancel()
-            self._active.pop(rid, None)
+            if expiry is not None:
+                expiry.cancel()
+            self._active.discard(rid)
+            self._expired.discard(rid)
             self._in_flight_tokens -= tokens
+
+    def _expire(self, request_id: str) -> None:
+        """The request's deadline passed mid-generation: stop spending the engine on it."""
+        if request_id in self._active:
+            self._expired.add(request_id)
+            task = asyncio.get_running_loop().create_task(self.engine.abort(request_id))
+            self._aborts.add(task)  # held so it is not garbage-collected mid-flight
+            task.add_done_callback(self._aborts.discard)
 
     async def _keep_in_progress(self, msg: Msg) -> None:
         """Long generations tell JetStream they are alive well inside ack_wait."""
         while True:
-            await asyncio.sleep(IN_PROGRESS_EVERY)
-            await msg.in_progress()
+            await asyncio.sleep(self.config.in_progress_every)
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # reconnecting: the next one may get through
+                log.warning("in-progress ack failed: %s", exc)
 
     async def _error(self, reply: str, request_id: str, code: ErrorCode, message: str,
                      seq: int = 0) -> None:
@@ -312,12 +416,16 @@ class Worker:
 
     # ---- registry --------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
-        while True:
+        # Ends on ``_served`` as well as on cancellation: on Python 3.11 a cancellation
+        # that lands as a NATS request completes can be swallowed inside nats-py.
+        while not self._served:
             try:
                 await self._publish_heartbeat()
             except Exception as exc:  # NATS reconnecting: the next beat will do
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
+            self._beat_now.clear()
+            if not self._served:
+                await wait_event(self._beat_now, HEARTBEAT_INTERVAL_SECONDS)
 
     async def _publish_heartbeat(self) -> None:
         c = self.config
@@ -326,12 +434,27 @@ class Worker:
             model=c.model, replica=c.replica, capacity=c.max_inflight,
             in_flight=len(self._tasks), in_flight_tokens=self._in_flight_tokens,
             queue_depth=stats.waiting, kv_cache_usage=stats.kv_cache_usage,
-            prefix_hit_rate=stats.prefix_hit_rate, warm=self.warm, draining=self.draining,
-            engine=self.engine.name, sent_at=time.time(), started_at=self._started_at,
+            prefix_hit_rate=stats.prefix_hit_rate, warm=self.warm and self._dead is None,
+            draining=self.draining, engine=self.engine.name, sent_at=time.time(),
+            started_at=self._started_at,
         )
         self.metrics.heartbeat(in_flight=len(self._tasks), capacity=c.max_inflight,
                                warm=self.warm and not self.draining, stats=stats)
         await self.kv.put(self.names.replica_key(c.model, c.replica), codec.encode_heartbeat(beat))
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` up to ``timeout``; True if it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that lands while
+    the event is being set, leaving a task that can never be stopped.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class _Stopped(Exception):
