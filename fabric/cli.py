@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "ask": "fabric.commands.ask",
     "router": "fabric.commands.router",
     "worker": "fabric.commands.worker",
+    "nats-config": "fabric.commands.nats_config",
     "train-scorer": "fabric.commands.train_scorer",
     "classify": "fabric.commands.classify",
     "replay-decisions": "fabric.commands.replay_decisions",

@@ -14,6 +14,7 @@ silently shortened answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -226,7 +227,9 @@ class Client:
                 if reply.final:
                     return
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.ConnectionClosedError,
+                                     nats.errors.ConnectionDrainingError):
+                await sub.unsubscribe()
 
     def _reconnects(self) -> int:
         return int(self.nc.stats["reconnects"])
@@ -259,19 +262,22 @@ class Client:
         """
         parts: list[str] = []
         restarts = 0
-        async for chunk in self.stream(request, timeout=timeout, **options):
-            if chunk.restarted:
-                parts.clear()
-                restarts += 1
-            parts.append(chunk.delta)
-            if chunk.final:
-                usage = chunk.usage
-                return Answer(
-                    chunk.request_id, "".join(parts), chunk.seq + 1, chunk.finish_reason or "",
-                    chunk.model, chunk.replica, usage.prompt_tokens if usage else 0,
-                    usage.completion_tokens if usage else 0, usage.cached_tokens if usage else 0,
-                    restarts,
-                )
+        # Closed here, not whenever the garbage collector gets to it: its cleanup
+        # unsubscribes, which must not run after the connection is gone.
+        async with contextlib.aclosing(self.stream(request, timeout=timeout, **options)) as chunks:
+            async for chunk in chunks:
+                if chunk.restarted:
+                    parts.clear()
+                    restarts += 1
+                parts.append(chunk.delta)
+                if chunk.final:
+                    usage = chunk.usage
+                    return Answer(
+                        chunk.request_id, "".join(parts), chunk.seq + 1, chunk.finish_reason or "",
+                        chunk.model, chunk.replica, usage.prompt_tokens if usage else 0,
+                        usage.completion_tokens if usage else 0, usage.cached_tokens if usage else 0,
+                        restarts,
+                    )
         raise AssertionError("stream ended without a final chunk")  # stream() never does
 
     async def wait_until_served(self, timeout: float = 30.0) -> None:
