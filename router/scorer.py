@@ -1,95 +1,69 @@
-"""The task-class scorer: a linear model over sparse binary features, trained offline.
+"""The task-class scorer: a linear model over sparse features, trained offline.
 
-Features (``feature_keys``) are the scan window's word unigrams, word bigrams at the
-start and end of the window, and ``#``-prefixed signal features (token-count bucket,
-code markers, structured output, script, lexicon cues). ``#`` never survives
-tokenisation, so signal keys cannot collide with words. Text features are scaled by
-1/sqrt(n) (n = number of text features), signal features count 1.
+Features (``text_keys`` and ``signal_keys``) are the scan window's words (each occurrence
+counts), word bigrams at the start and the end of the window, and ``#``-prefixed signal
+features (token-count bucket, code markers, structured output, script, the safety
+lexicon, and cues for the safety boundary such as what a harm verb is aimed at). ``#``
+never survives tokenisation, so signal keys cannot collide with words. Word and bigram
+features are scaled by 1/sqrt(n) (n = how many there are), signal features count 1.
 
-Inference is a sparse dot product done in C loops: each feature's five class weights are
-quantised to integers and packed into one Python int (one 40-bit lane per class), so
-``sum(map(weights.get, features))`` adds all five classes at once; the lanes are
-unpacked once per request. That is ~5x faster than five float sums over five dicts.
-The shipped model keeps only features seen at least twice in training: a feature never
-seen carries no weight, so inference looks features up by their (cached) ``str`` hash
-instead of calling a stable hash function per n-gram, which would cost more than the
-lookup.
+Inference is a sparse dot product done in C loops. Each word's five class weights are
+quantised to integers and packed into one Python int (one 32-bit lane per class) above
+the word's lexicon lanes (router/context.py), so the context's one
+``sum(map(table.get, words))`` adds all five classes *and* counts every lexicon at once;
+the sum is split into lanes by one ``struct`` unpack. Signal features are summed the
+same way from their own table. Features are looked up by the words themselves (CPython
+caches a bytes object's hash): a stable hash function per n-gram would cost more than
+the lookup, and an n-gram never seen in training carries no weight either way.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+import struct
 import sys
 import zlib
 from array import array
 from collections.abc import Iterable
+from functools import reduce
 from importlib import resources
-from itertools import pairwise, repeat
+from itertools import compress, repeat
+from math import exp, sqrt
+from operator import itemgetter, or_
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 import msgspec
 
-from router.context import Signals, TextView
+from router.context import (
+    BIGRAM_HEAD_WORDS,
+    BIGRAM_TAIL_WORDS,
+    CLASS_LANE_BITS,
+    LEXICON,
+    LEXICON_BITS,
+    LEXICON_LANES,
+    LEXICON_TABLE,
+    LexiconLane,
+    Signals,
+    TextView,
+    bigram_keys,
+)
 from subjects.messages import SafetyCategory, Script, Structured, TaskClass
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: words are read from the UTF-8 window; signal cues from lexicon lanes
 CLASSES: tuple[TaskClass, ...] = tuple(TaskClass)  # lane order = TaskClass values
-BIGRAM_HEAD_WORDS = 16
-BIGRAM_TAIL_WORDS = 8
-# Quantised weight = round(weight * WEIGHT_SCALE), clipped to +-MAX_WEIGHT, so a lane's sum
-# over the most features a request can have (the window's words, bigrams and signals:
-# under 2,048) stays inside LANE_BITS. Narrow lanes keep the packed ints at five 30-bit
-# digits: adding them is what the scorer's time goes on.
-LANE_BITS = 28
-WEIGHT_SCALE = 1024
-MAX_WEIGHT = (1 << (LANE_BITS - 1)) // 2048 - 1
+# Quantised weight = round(weight * WEIGHT_SCALE), clipped to +-MAX_WEIGHT, so a class
+# lane's sum over the most features a request can have (the window's words, its bigrams
+# and the signals: under 512) stays inside a signed 32-bit lane.
+WEIGHT_SCALE = 4096
+MAX_WEIGHT = (1 << (CLASS_LANE_BITS - 1)) // 512 - 1
 DEFAULT_MODEL = "scorer.msgpack.z"  # in router/data/
 
-Key = Union[str, tuple[str, str]]  # a word, a bigram, or a "#signal"
+Key = Union[bytes, tuple[bytes, bytes], str]  # a word, a bigram, or a "#signal"
 
 _ZEROS = repeat(0)  # an endless default argument for dict.get in map()
-
-# Lexicon cues for the safety boundary. A linear model over words cannot express "a harm
-# verb *aimed at a person*", so these conjunctions are given to it as features; the word
-# lists are general vocabulary, not copied from any test prompt.
-_HARM_VERBS = frozenset(
-    "kill kills killing killed murder murdering shoot shooting stab stabbing strangle choke "
-    "poison poisoning drown hang attack attacking assault beat beating hit punch kick hurt "
-    "harm harming injure torture abuse kidnap kidnapping abduct rape molest execute eliminate "
-    "annihilate exterminate eradicate wipe obliterate destroy destroying crush break butcher "
-    "behead decapitate dismember slaughter massacre bomb bombing blow explode detonate "
-    "terminate liquidate overpower tackle suffocate slit slash cut steal stealing rob hack "
-    "scam defraud launder counterfeit traffic trafficking smuggle burn arson hostage "
-    "assassinate genocide".split()
-)
-_HUMAN_TARGETS = frozenset(
-    "someone somebody person persons people human humans man men woman women girl girls boy "
-    "boys child children kid kids baby toddler teen teenager wife husband spouse girlfriend "
-    "boyfriend partner ex date neighbour neighbor neighbours neighbors boss coworker colleague "
-    "classmate classmates teacher student students friend friends family parents mother "
-    "father mom dad brother sister president politician police officer cop stranger victim "
-    "population village crowd myself yourself himself herself them".split()
-)
-_FICTION = frozenset(
-    "game games minecraft fortnite video film films movie movies show tv series novel novels "
-    "story stories book books character characters fictional fiction play scene episode judo "
-    "boxing karate wrestling chess tennis football sport sports theatre theater".split()
-)
-_TECH = frozenset(
-    "python process program programs linux windows computer server app browser file files "
-    "terminal code script database download downloads internet software system".split()
-)
-_PRIVATE = frozenset(
-    "address phone email password passwords social security bank account accounts details "
-    "records history status birthday birth license passport pin salary earn login credit card "
-    "medical criminal".split()
-)
-_DEFINITION_STARTS = frozenset({("what", "is"), ("what", "are"), ("what", "does"), ("what", "was"),
-                                ("what", "were"), ("what", "constitutes"), ("what", "kind")})
-_CUE_WORDS = 60  # lexicon cues look at the first words only (short asks)
-_TARGET_REACH = 4  # a harm verb's object is within this many words after it
+_CLASS_LANES = struct.Struct(f"<{len(CLASSES)}i")
+_CLASS_BIAS = sum(1 << (CLASS_LANE_BITS * k + CLASS_LANE_BITS - 1) for k in range(len(CLASSES)))
 
 
 class ScorerError(ValueError):
@@ -104,7 +78,7 @@ class ScorerFile(msgspec.Struct, frozen=True):
     classes: list[str]
     scale: int
     bias: list[int]
-    keys: list[str]  # words, "a b" bigrams, "#signal" features
+    keys: list[str]  # words, "a b" bigrams, "#signal" features (words: UTF-8, surrogateescape)
     weights: bytes  # int32 little-endian, len(keys) * len(classes), row-major
     thresholds: dict[str, float]  # "safety", "complexity": calibrated by train-scorer
     bigram_head: int = BIGRAM_HEAD_WORDS
@@ -120,19 +94,12 @@ class Scores(NamedTuple):
     probabilities: tuple[float, ...]  # in TaskClass order
 
 
-def bigram_keys(view: TextView, head: int = BIGRAM_HEAD_WORDS, tail: int = BIGRAM_TAIL_WORDS) -> set[Key]:
-    """Word bigrams of the window's first ``head`` and last ``tail`` words."""
-    words = view.words
-    keys: set[Key] = set(pairwise(words[:head]))
-    if len(words) > head:
-        keys.update(pairwise(words[-tail:]))
-    return keys
+def text_keys(view: TextView) -> list[Key]:
+    """The scorer's text features: every window word, then the bigrams (repeats count)."""
+    return [*view.words, *bigram_keys(view.words)]
 
 
-def text_keys(view: TextView, head: int = BIGRAM_HEAD_WORDS, tail: int = BIGRAM_TAIL_WORDS) -> set[Key]:
-    """Word unigrams of the window plus its bigram keys (the scorer's text features)."""
-    return bigram_keys(view, head, tail) | view.word_set
-
+# ---- signal features ----------------------------------------------------------------
 
 _TOKENS_KEYS = tuple(f"#tok{i}" for i in range(17))
 _STRUCT_KEYS = tuple(f"#struct{int(s)}" for s in Structured)
@@ -141,9 +108,24 @@ _SAFETY_KEYS = tuple(f"#safety{int(s)}" for s in SafetyCategory)
 _DIGITS_KEYS = tuple(f"#digits{i}" for i in range(6))
 _CODE_KEYS = tuple(tuple(f"#code{1 << b}" for b in range(6) if m & (1 << b)) for m in range(64))
 
+_DEFINITION_STARTS = frozenset({(b"what", b"is"), (b"what", b"are"), (b"what", b"does"), (b"what", b"was"),
+                                (b"what", b"were"), (b"what", b"constitutes"), (b"what", b"kind")})
+_CUE_WORDS = 60  # a harm verb's object is looked for in the first words only (short asks)
+_TARGET_REACH = 4  # ... within this many words after the verb
+# What a harm verb can be aimed at, and the settings that make alarming words harmless.
+_TARGETS: tuple[tuple[str, frozenset[bytes]], ...] = tuple(
+    (lane.name.lower(), LEXICON[lane]) for lane in (
+        LexiconLane.PERSON, LexiconLane.TECH, LexiconLane.PEST, LexiconLane.FOOD,
+        LexiconLane.THING, LexiconLane.ABSTRACT, LexiconLane.FICTION))
+_SETTINGS: tuple[tuple[str, int], ...] = tuple(
+    (lane.name.lower(), int(lane)) for lane in (
+        LexiconLane.PERSON, LexiconLane.FICTION, LexiconLane.TECH, LexiconLane.PEST, LexiconLane.FOOD,
+        LexiconLane.THING, LexiconLane.ABSTRACT, LexiconLane.PAST))
+_SAFETY_LANES = slice(LexiconLane.SELF_HARM, LexiconLane.SEXUAL + 1)
+
 
 def signal_keys(view: TextView, signals: Signals) -> list[str]:
-    """The context's numeric signals as binary features, plus the lexicon cues."""
+    """The context's numeric signals as binary features, plus the safety cues."""
     keys = [
         _TOKENS_KEYS[min(signals.prompt_tokens.bit_length(), 16)],
         _STRUCT_KEYS[signals.structured],
@@ -154,74 +136,162 @@ def signal_keys(view: TextView, signals: Signals) -> list[str]:
     ]
     if signals.question:
         keys.append("#question")
-    cue = view.words[:_CUE_WORDS]
-    harm = not _HARM_VERBS.isdisjoint(cue)
-    human = not _HUMAN_TARGETS.isdisjoint(cue)
-    if harm:
-        keys.append("#harm")
-        keys.append("#harm+human" if human else "#harm-human")
-        keys.append("#harm>human" if _harm_aimed_at_person(cue) else "#harm>thing")
-        if not _FICTION.isdisjoint(cue):
-            keys.append("#harm+fiction")
-        if not _TECH.isdisjoint(cue):
-            keys.append("#harm+tech")
-    if len(cue) > 1 and (cue[0], cue[1]) in _DEFINITION_STARTS:
-        keys.append("#definition")
-    if not _PRIVATE.isdisjoint(cue):
-        keys.append("#private+my" if "my" in view.word_set else "#private")
+    if alarming(view.lanes):
+        keys += safety_cues(view)
     return keys
 
 
-def _harm_aimed_at_person(words: list[str]) -> bool:
-    """A harm verb whose next few words name a person ("shoot someone", "beat my wife"),
-    as against a thing ("kill a Python process", "shoot a good photo")."""
-    for i, word in enumerate(words):
-        if word in _HARM_VERBS and not _HUMAN_TARGETS.isdisjoint(words[i + 1 : i + 1 + _TARGET_REACH]):
-            return True
-    return False
+_VIOLENT, _CRIME = int(LexiconLane.VIOLENT_VERB), int(LexiconLane.CRIME_VERB)
+_GROUP, _PRIVATE = int(LexiconLane.GROUP), int(LexiconLane.PRIVATE_INFO)
+
+
+def alarming(lanes: tuple[int, ...]) -> bool:
+    """Does the prompt use a word that ``safety_cues`` reads (most prompts do not)?"""
+    return bool(lanes[_VIOLENT] or lanes[_CRIME] or lanes[_GROUP] or lanes[_PRIVATE] or any(lanes[_SAFETY_LANES]))
+
+
+def safety_cues(view: TextView) -> list[str]:
+    """Features that tell a harmful ask from a harmless one that uses alarming words.
+
+    A linear model over words cannot express "a violent verb *aimed at a person*" or "a
+    harm word in a definition question", so these conjunctions are given to it: what each
+    violent or criminal verb is aimed at (the words just after it: a person, a program, a
+    pest, food, a thing, an abstraction, a game or film; "none" when none of these), the
+    settings an alarming prompt names (fiction, history, ...), a definition question, a
+    group of people and how the question about it opens ("why should" against "why
+    can"), and private details asked about "my" someone.
+    """
+    lanes, words = view.lanes, view.words
+    keys: list[str] = []
+    for name, lane, verbs, target_keys in _VERBS:
+        if lanes[lane]:
+            keys.append(name)
+            keys += target_keys[harm_targets(words[:_CUE_WORDS], verbs)]
+    definition = len(words) > 2 and (words[1], words[2]) in _DEFINITION_STARTS  # words[0]: the role
+    if keys or any(lanes[_SAFETY_LANES]):
+        keys += compress(_SETTING_KEYS, _setting_counts(lanes))
+        if definition:
+            keys.append("#alarm+definition")
+    if definition:
+        keys.append("#definition")
+    if lanes[_GROUP] or lanes[_PRIVATE]:
+        opening = "@" + b" ".join(words[1:3]).decode("utf-8", "surrogateescape")
+        if lanes[_GROUP]:
+            keys += ("#group", "#group" + opening, "#group>" + group_target(words))
+        if lanes[_PRIVATE]:
+            private = "#private+my" if lanes[_MY] else "#private"
+            keys += (private, private + opening)
+    return keys
+
+
+# Target lists as bits: a word's bits say which lists it is on.
+_TARGET_BITS: dict[bytes, int] = {}
+for _bit, (_, _targets) in enumerate(_TARGETS):
+    for _word in _targets:
+        _TARGET_BITS[_word] = _TARGET_BITS.get(_word, 0) | (1 << _bit)
+_NO_TARGET = 1 << len(_TARGETS)  # "none"
+_TARGET_NAMES = (*(name for name, _ in _TARGETS), "none")
+_SETTING_KEYS = tuple("#alarm+" + name for name, _ in _SETTINGS)
+_setting_counts = itemgetter(*(lane for _, lane in _SETTINGS))
+_MY = int(LexiconLane.MY)
+
+
+def harm_targets(words: list[bytes], verbs: frozenset[bytes]) -> int:
+    """What each of ``verbs`` in ``words`` is aimed at, as bits of the target lists (and
+    "none") named in the few words after each: see ``target_names``."""
+    found = 0
+    bits = _TARGET_BITS.get
+    for verb in verbs.intersection(words):  # C-level: no Python work per word
+        at = words.index(verb)
+        while True:
+            hit = reduce(or_, map(bits, words[at + 1 : at + 1 + _TARGET_REACH], _ZEROS), 0)
+            found |= hit or _NO_TARGET
+            try:
+                at = words.index(verb, at + 1)
+            except ValueError:
+                break
+    return found
+
+
+_GROUPS = LEXICON[LexiconLane.GROUP]
+_PEOPLE = LEXICON[LexiconLane.PERSON]
+
+
+def group_target(words: list[bytes]) -> str:
+    """"people" when a group word names people ("Muslims", "Asian people", "gay men"),
+    "other" when it only describes something else ("Asian pears", "white clouds")."""
+    for i, word in enumerate(words[:_CUE_WORDS]):
+        if word in _GROUPS and (word in _PEOPLE or word.endswith(b"s") or words[i + 1 : i + 2] == []
+                                or not _PEOPLE.isdisjoint(words[i + 1 : i + 3])):
+            return "people"
+    return "other"
+
+
+def target_names(found: int) -> list[str]:
+    return [name for bit, name in enumerate(_TARGET_NAMES) if found >> bit & 1]
+
+
+def _target_keys(prefix: str) -> tuple[tuple[str, ...], ...]:
+    """``prefix>target`` keys for every bit set of ``harm_targets``, precomputed."""
+    return tuple(tuple(f"{prefix}>{name}" for name in target_names(found)) for found in range(2 * _NO_TARGET))
+
+
+_VERBS: tuple[tuple[str, int, frozenset[bytes], tuple[tuple[str, ...], ...]], ...] = tuple(
+    (name, lane, LEXICON[LexiconLane(lane)], _target_keys(name))
+    for name, lane in (("#violent", _VIOLENT), ("#crime", _CRIME)))
+
+
+# ---- keys in the model file -----------------------------------------------------------
 
 
 def encode_key(key: Key) -> str:
-    return key if isinstance(key, str) else f"{key[0]} {key[1]}"
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "surrogateescape")
+    return f"{key[0].decode('utf-8', 'surrogateescape')} {key[1].decode('utf-8', 'surrogateescape')}"
 
 
 def decode_key(key: str) -> Key:
+    if key.startswith("#"):
+        return key
     if " " in key:
         first, second = key.split(" ", 1)
-        return (first, second)
-    return key
+        return (first.encode("utf-8", "surrogateescape"), second.encode("utf-8", "surrogateescape"))
+    return key.encode("utf-8", "surrogateescape")
 
 
 def pack(weights: Iterable[int]) -> int:
-    """One feature's class weights (signed ints) as one int, a LANE_BITS lane each."""
+    """One feature's class weights (signed ints) as one int, a 32-bit lane each."""
     total = 0
     for lane, w in enumerate(weights):
-        total += w << (LANE_BITS * lane)
+        total += w << (CLASS_LANE_BITS * lane)
     return total
 
 
-def unpack(total: int, lanes: int) -> list[int]:
+def unpack(total: int, lanes: int = len(CLASSES)) -> tuple[int, ...]:
     """Inverse of ``pack`` for a sum of packed values (each lane's sum must fit)."""
-    mask = (1 << LANE_BITS) - 1
-    half = 1 << (LANE_BITS - 1)
-    out = []
-    for _ in range(lanes):
-        low = total & mask
-        if low >= half:
-            low -= 1 << LANE_BITS
-        out.append(low)
-        total = (total - low) >> LANE_BITS
-    return out
+    if lanes != len(CLASSES):
+        raise ValueError(f"lanes: a packed sum has {len(CLASSES)} class lanes")
+    return _CLASS_LANES.unpack(((total + _CLASS_BIAS) ^ _CLASS_BIAS).to_bytes(_CLASS_LANES.size, "little"))
 
 
 class Scorer:
-    """Scores a request's features into class probabilities. Immutable after load."""
+    """Scores a request's features into class probabilities. Immutable after load.
+
+    ``table`` is the lookup table the context reads a request's words with (its lexicon
+    lanes plus this model's word and bigram weights); ``score`` reads the class sums from
+    a view made with it.
+    """
 
     def __init__(self, model: ScorerFile) -> None:
         if model.format != FORMAT_VERSION:
             raise ScorerError(f"scorer file format {model.format}; this router reads {FORMAT_VERSION}")
         if model.classes != [c.name for c in CLASSES]:
             raise ScorerError(f"scorer classes {model.classes} do not match {[c.name for c in CLASSES]}")
+        if (model.bigram_head, model.bigram_tail) != (BIGRAM_HEAD_WORDS, BIGRAM_TAIL_WORDS):
+            raise ScorerError(f"scorer bigrams of {model.bigram_head}/{model.bigram_tail} words; "
+                              f"this router reads {BIGRAM_HEAD_WORDS}/{BIGRAM_TAIL_WORDS}")
         n = len(CLASSES)
         weights = array("i")
         weights.frombytes(model.weights)
@@ -231,42 +301,86 @@ class Scorer:
             raise ScorerError(f"scorer has {len(weights)} weights for {len(model.keys)} keys x {n} classes")
         self.model = model
         self.thresholds = dict(model.thresholds)
-        self._lanes = n
         self._scale = float(model.scale)
         self._bias = [b / self._scale for b in model.bias]
-        self._head, self._tail = model.bigram_head, model.bigram_tail
-        self._packed: dict[Key, int] = {
-            decode_key(key): pack(weights[i * n : (i + 1) * n]) for i, key in enumerate(model.keys)
-        }
+        self.table: dict[bytes | tuple[bytes, bytes], int] = dict(LEXICON_TABLE)
+        self._signals: dict[str, int] = {}
+        for i, text in enumerate(model.keys):
+            key = decode_key(text)
+            packed = pack(weights[i * n : (i + 1) * n])
+            if isinstance(key, str):
+                self._signals[key] = packed
+            else:
+                self.table[key] = self.table.get(key, 0) + (packed << LEXICON_BITS)
+        self._features = len(model.keys)
+        self._inv_scale = 1.0 / self._scale
+        self._signal_tables()
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> Scorer:
         """Load a model file; ``None`` loads the one shipped in router/data/."""
+        where = f"router/data/{DEFAULT_MODEL}" if path is None else str(path)
         try:
             if path is None:
                 blob = resources.files("router").joinpath("data", DEFAULT_MODEL).read_bytes()
-                where = f"router/data/{DEFAULT_MODEL}"
             else:
                 blob = Path(path).read_bytes()
-                where = str(path)
             return cls(msgspec.msgpack.decode(zlib.decompress(blob), type=ScorerFile))
         except (OSError, zlib.error, msgspec.DecodeError) as exc:
-            raise ScorerError(f"cannot read scorer model {where if path is None else path}: {exc}") from exc
+            raise ScorerError(f"cannot read scorer model {where}: {exc}") from exc
 
     def __len__(self) -> int:
-        return len(self._packed)
+        return self._features
+
+    def _signal_tables(self) -> None:
+        """Each base signal's packed weights by value, so ``signal_sum`` indexes lists
+        instead of building the keys ``signal_keys`` names (the same features)."""
+        get = self._signals.get
+        self._by_tokens = [get(k, 0) for k in _TOKENS_KEYS]
+        self._by_struct = [get(k, 0) for k in _STRUCT_KEYS]
+        self._by_script = [get(k, 0) for k in _SCRIPT_KEYS]
+        self._by_safety = [get(k, 0) for k in _SAFETY_KEYS]
+        self._by_digits = [get(k, 0) for k in _DIGITS_KEYS]
+        self._by_code = [sum(get(k, 0) for k in keys) for keys in _CODE_KEYS]
+        self._question = get("#question", 0)
+
+    def signal_sum(self, view: TextView, signals: Signals) -> int:
+        """The packed sum of the weights of ``signal_keys(view, signals)``."""
+        tokens, markers, structured, script, safety, question, digits = signals
+        total = (self._by_tokens[min(tokens.bit_length(), 16)] + self._by_struct[structured]
+                 + self._by_script[script] + self._by_safety[safety]
+                 + self._by_digits[min(digits, 16).bit_length()] + self._by_code[markers & 63])
+        if question:
+            total += self._question
+        if alarming(view.lanes):
+            total += sum(map(self._signals.get, safety_cues(view), _ZEROS))
+        return total
 
     def score(self, view: TextView, signals: Signals) -> Scores:
-        # Unigrams and bigrams are summed apart (no union set to build); they never collide.
-        bigrams = bigram_keys(view, self._head, self._tail)
-        words = view.word_set
-        get = self._packed.get
-        text_sum = unpack(sum(map(get, words, _ZEROS)) + sum(map(get, bigrams, _ZEROS)), self._lanes)
-        signal_sum = unpack(sum(map(get, signal_keys(view, signals), _ZEROS)), self._lanes)
-        norm = 1.0 / (self._scale * math.sqrt(max(len(words) + len(bigrams), 1)))
-        inv_scale = 1.0 / self._scale
-        logits = [b + t * norm + s * inv_scale for b, t, s in zip(self._bias, text_sum, signal_sum, strict=True)]
-        return scores_from_logits(logits)
+        """Class probabilities of a request whose view was read with ``self.table``.
+
+        The five classes are written out rather than looped over: in CPython 3.11 each
+        comprehension is a function call, and this runs on every request.
+        """
+        packed = self.signal_sum(view, signals)
+        s0, s1, s2, s3, s4 = _CLASS_LANES.unpack(
+            ((packed + _CLASS_BIAS) ^ _CLASS_BIAS).to_bytes(_CLASS_LANES.size, "little"))
+        t0, t1, t2, t3, t4 = view.lanes[LEXICON_LANES:]
+        b0, b1, b2, b3, b4 = self._bias
+        inv = self._inv_scale
+        norm = inv / sqrt(max(len(view.words) + view.bigrams, 1))
+        z0, z1, z2, z3, z4 = (b0 + t0 * norm + s0 * inv, b1 + t1 * norm + s1 * inv, b2 + t2 * norm + s2 * inv,
+                              b3 + t3 * norm + s3 * inv, b4 + t4 * norm + s4 * inv)
+        top = max(z0, z1, z2, z3, z4)
+        e0, e1, e2, e3, e4 = exp(z0 - top), exp(z1 - top), exp(z2 - top), exp(z3 - top), exp(z4 - top)
+        inv_total = 1.0 / (e0 + e1 + e2 + e3 + e4)
+        probs = (e0 * inv_total, e1 * inv_total, e2 * inv_total, e3 * inv_total, e4 * inv_total)
+        best = (z0, z1, z2, z3, z4).index(top)
+        return _new_tuple(Scores, (CLASSES[best], probs[best], probs[_REASONING], probs[_SAFETY], probs))
+
+
+if len(CLASSES) != 5:  # Scorer.score writes the classes out
+    raise ImportError(f"Scorer.score is written for 5 task classes, not {len(CLASSES)}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -277,13 +391,14 @@ def shared_scorer(path: str = "") -> Scorer:
 
 def scores_from_logits(logits: list[float]) -> Scores:
     top = max(logits)
-    exps = [math.exp(z - top) for z in logits]
+    exps = [exp(z - top) for z in logits]
     inv_total = 1.0 / sum(exps)
     probs = tuple([e * inv_total for e in exps])
     best = logits.index(top)
-    return Scores(CLASSES[best], probs[best], probs[_REASONING], probs[_SAFETY], probs)
+    return _new_tuple(Scores, (CLASSES[best], probs[best], probs[_REASONING], probs[_SAFETY], probs))
 
 
+_new_tuple = tuple.__new__  # Scores(...) would add a Python-level call
 _REASONING, _SAFETY = int(TaskClass.REASONING), int(TaskClass.SAFETY)
 
 

@@ -43,6 +43,8 @@ from subjects import codec
 from subjects.codec import BadMessage
 from subjects.messages import ChatMessage, ChatRequest, TaskClass
 
+SYNTHETIC = "synthetic:"  # source prefix of the templated rows added to training
+
 
 class DataError(ValueError):
     """Raised when a labelled JSONL file has a bad line; names the file and line number."""
@@ -143,7 +145,7 @@ def featurize(ex: Example, weights: dict[str, float]) -> Featurized:
     view = read_request(ex.request)
     signals = read_signals(ex.request, view)
     return Featurized(
-        text=tuple(sorted(text_keys(view), key=encode_key)),
+        text=tuple(sorted(text_keys(view), key=encode_key)),  # repeats kept: a word counts each time
         signals=tuple(sorted(signal_keys(view, signals))),
         label=int(ex.label),
         weight=weights.get(ex.source, 1.0),
@@ -241,27 +243,96 @@ def train_scorer(examples: Sequence[Example], settings: TrainSettings,
 # ---- calibration -------------------------------------------------------------------
 
 
-def out_of_fold_scores(examples: Sequence[Example], settings: TrainSettings,
-                       log: Callable[[str], None] = lambda _: None) -> list[tuple[float, ...]]:
-    """Class probabilities for every example from a model that did not train on it."""
+@dataclass(slots=True)
+class OutOfFold:
+    """Every training example scored by a model fitted on the other folds."""
+
+    fold: list[int]  # the fold of each example
+    scorers: list[Scorer]  # the model of each fold (trained without it)
+    probs: list[tuple[float, ...]]  # class probabilities of each example
+
+
+def out_of_fold(examples: Sequence[Example], settings: TrainSettings,
+                log: Callable[[str], None] = lambda _: None) -> OutOfFold:
+    """Fit one model per fold on the other folds and score the fold's examples with it."""
     fold = fold_of(examples, settings.folds, settings.seed)
     data = [featurize(ex, settings.source_weights) for ex in examples]
     probs: list[tuple[float, ...]] = [()] * len(examples)
+    scorers = []
     for k in range(settings.folds):
         log(f"calibration fold {k + 1}/{settings.folds}")
         train = [d for d, f in zip(data, fold, strict=True) if f != k]
         scorer = Scorer(quantise(fit(train, settings), {}, {}, settings.max_features))
+        scorers.append(scorer)
         for i, ex in enumerate(examples):
             if fold[i] == k:
-                view = read_request(ex.request)
+                view = read_request(ex.request, scorer.table)
                 probs[i] = scorer.score(view, read_signals(ex.request, view)).probabilities
-    return probs
+    return OutOfFold(fold, scorers, probs)
+
+
+def out_of_fold_scores(examples: Sequence[Example], settings: TrainSettings,
+                       log: Callable[[str], None] = lambda _: None) -> list[tuple[float, ...]]:
+    """Class probabilities for every example from a model that did not train on it."""
+    return out_of_fold(examples, settings, log).probs
+
+
+def evaluate_out_of_fold(examples: Sequence[Example], oof: OutOfFold, thresholds: dict[str, float],
+                         contrast_source: str = "xstest") -> Evaluation:
+    """The router's whole model choice on every real training row, each decided by its
+    fold's model with ``thresholds`` (cross-validated figures: ~4x the held-out rows)."""
+    n = len(CLASSES)
+    confusion = [[0] * n for _ in range(n)]
+    paths: Counter[str] = Counter()
+    contrast_total = contrast_hits = 0
+    for k, scorer in enumerate(oof.scorers):
+        calibrated = Scorer(msgspec.structs.replace(scorer.model, thresholds=dict(thresholds)))
+        rows = [ex for ex, f in zip(examples, oof.fold, strict=True) if f == k and not is_synthetic(ex)]
+        part = evaluate(rows, calibrated, rules_for(calibrated), contrast_source)
+        for true_class in range(n):
+            for chosen in range(n):
+                confusion[true_class][chosen] += part.confusion[true_class][chosen]
+        paths.update(part.paths)
+        contrast_total += part.contrast_total
+        contrast_hits += part.contrast_to_safety
+    return Evaluation(confusion, paths, contrast_total, contrast_hits)
+
+
+def safety_tradeoff(examples: Sequence[Example], probs: Sequence[tuple[float, ...]],
+                    thresholds: Iterable[float], contrast_source: str = "xstest") -> str:
+    """A markdown table: SAFETY recall and the contrast set's false alarms, out of fold,
+    at each safety threshold."""
+    lines = [f"| safety_score threshold | SAFETY recall | {contrast_source} harmless sent to safety |",
+             "| --- | --- | --- |"]
+    examples, probs = real_rows(examples, probs)
+    unsafe = [p[TaskClass.SAFETY] for ex, p in zip(examples, probs, strict=True) if ex.label == TaskClass.SAFETY]
+    harmless = [p[TaskClass.SAFETY] for ex, p in zip(examples, probs, strict=True)
+                if ex.source == contrast_source and ex.label != TaskClass.SAFETY]
+    for t in thresholds:
+        hits = sum(p >= t for p in unsafe)
+        alarms = sum(p >= t for p in harmless)
+        lines.append(f"| {t:.2f} | {hits / max(len(unsafe), 1):.3f} ({hits}/{len(unsafe)}) | "
+                     f"{100 * alarms / max(len(harmless), 1):.0f}% ({alarms}/{len(harmless)}) |")
+    return "\n".join(lines)
+
+
+def is_synthetic(ex: Example) -> bool:
+    """A templated training row (see the end of this module): trained on, never measured."""
+    return ex.source.startswith(SYNTHETIC)
+
+
+def real_rows(examples: Sequence[Example], probs: Sequence[tuple[float, ...]]
+              ) -> tuple[list[Example], list[tuple[float, ...]]]:
+    kept = [(ex, p) for ex, p in zip(examples, probs, strict=True) if not is_synthetic(ex)]
+    return [ex for ex, _ in kept], [p for _, p in kept]
 
 
 def calibrate(examples: Sequence[Example], probs: Sequence[tuple[float, ...]],
               safety_recall: float) -> dict[str, float]:
     """Thresholds: the highest safety threshold that keeps SAFETY recall >= the target,
-    and the complexity threshold with the best REASONING F1."""
+    and the complexity threshold with the best REASONING F1 (on real rows only: the
+    synthetic ones are easy by construction and would flatter both)."""
+    examples, probs = real_rows(examples, probs)
     safety = sorted(p[TaskClass.SAFETY] for ex, p in zip(examples, probs, strict=True) if ex.label == TaskClass.SAFETY)
     if safety:
         allowed_misses = int(len(safety) * (1.0 - safety_recall))
@@ -286,7 +357,8 @@ def calibrate(examples: Sequence[Example], probs: Sequence[tuple[float, ...]],
 def out_of_fold_safety(examples: Sequence[Example], probs: Sequence[tuple[float, ...]],
                        threshold: float, contrast_source: str) -> str:
     """SAFETY recall and the contrast set's false alarms at ``threshold``, out of fold
-    (more rows than the held-out split has, so a steadier figure)."""
+    (more rows than the held-out split has, so a steadier figure; real rows only)."""
+    examples, probs = real_rows(examples, probs)
     unsafe = [p[TaskClass.SAFETY] >= threshold for ex, p in zip(examples, probs, strict=True)
               if ex.label == TaskClass.SAFETY]
     contrast = [p[TaskClass.SAFETY] >= threshold for ex, p in zip(examples, probs, strict=True)
@@ -397,5 +469,78 @@ def benign_imperatives(count: int, seed: int) -> list[Example]:
     for i in range(count):
         text = f"{rng.choice(_ASKS)} {rng.choice(_ARTEFACTS)} {rng.choice(_TOPICS)}."
         request = ChatRequest(messages=[ChatMessage(role="user", content=text)])
-        out.append(Example(f"synthetic-imperative-{i}", "synthetic:imperative", TaskClass.GENERAL, request))
+        out.append(Example(f"synthetic-imperative-{i}", SYNTHETIC + "imperative", TaskClass.GENERAL, request))
+    return out
+
+
+# Counterfactual pairs for the safety boundary. In dev.jsonl nearly every prompt with a
+# violent verb is unsafe (AdvBench's asks, XSTest's unsafe half), so a model fitted on it
+# alone learns "violent verb = unsafe" and sends "How do I kill a Python process?" to the
+# policy model; the cue features (router.scorer.safety_cues) can only help if training
+# shows them both ways. These requests pair the same violent verbs with a harmless
+# target (a pest, food, a thing, an abstraction, a program: GENERAL), with a person
+# (SAFETY), or with a person inside a game, film or story (GENERAL). The word lists are
+# general vocabulary from router.context's lexicons, not taken from any test prompt; like
+# the imperatives above they are added to the training rows only.
+_CONTRAST_OPENINGS = ("How do I", "How can I", "What's the best way to", "What is the easiest way to",
+                      "Tell me how to", "Explain how to", "I want to", "Is there a way to", "Help me")
+_CONTRAST_VERBS = ("kill", "shoot", "stab", "strangle", "choke", "poison", "drown", "hang", "beat", "punch",
+                   "hurt", "torture", "execute", "eliminate", "exterminate", "wipe out", "destroy", "crush",
+                   "smash", "break", "butcher", "slaughter", "blow up", "terminate", "burn", "cut up", "attack")
+_HARMLESS_TARGETS = (
+    "a mosquito", "the rats in my basement", "the weeds in my garden", "the ants in my kitchen", "a wasp nest",
+    "the bugs on my roses", "a cockroach", "the mold in my shower", "a fish", "a chicken for dinner",
+    "an onion", "a watermelon", "the dough", "a steak", "a coconut", "a lobster", "some garlic",
+    "an old shed", "an empty can", "a cardboard box", "a log", "a balloon", "a glass bottle", "a piñata",
+    "an old chair", "a tree stump", "a rock", "the ice on my windshield", "some clay",
+    "my procrastination", "my fear of flying", "the competition", "my exam", "my personal record",
+    "the tension in the room", "a bad habit", "my debt", "my stress", "the lights", "time",
+    "a python process", "a frozen program", "a linux process", "a server job", "a browser tab",
+    "a background task", "a stuck download", "a database query", "a file", "the app")
+_PEOPLE_TARGETS = (
+    "someone", "a person", "my neighbour", "my boss", "a child", "my wife", "my husband", "a stranger",
+    "my coworker", "a teenager", "my brother", "a woman", "a man", "people", "a politician", "my teacher",
+    "my ex", "a police officer", "my classmate", "a baby", "my family", "my roommate")
+_FICTION_SETTINGS = ("in a video game", "in Minecraft", "in my novel", "in a movie scene", "in a chess game",
+                     "in my short story", "in a board game", "in the film", "in Fortnite", "in a play")
+
+
+# Questions *about* harm (what a word means, what happened in history) are harmless too.
+_HARM_TOPICS = ("murder", "assault", "poisoning", "kidnapping", "torture", "a massacre", "genocide", "fraud",
+                "identity theft", "a scam", "money laundering", "counterfeiting", "racism", "discrimination",
+                "cocaine", "heroin", "meth", "an overdose", "suicide", "self-harm", "malware", "ransomware",
+                "phishing", "terrorism", "arson", "human trafficking", "child abuse", "domestic violence",
+                "a hate crime", "stalking", "blackmail", "bribery", "a bomb", "an assassination", "hacking")
+_DEFINITIONS = ("What is {}?", "What does {} mean?", "What is the definition of {}?", "What constitutes {}?",
+                "Explain what {} is.", "What kind of crime is {}?", "Why is {} illegal?")
+_HISTORY = ("How many people were killed in {}?", "What weapons were used in {}?", "Why did {} happen?",
+            "What caused {}?", "How did people survive {}?", "What happened during {}?",
+            "Who was responsible for {}?")
+_EVENTS = ("the First World War", "the Second World War", "the Vietnam War", "the French Revolution",
+           "the Battle of the Somme", "the fall of Rome", "the Spanish Civil War", "the Crusades",
+           "the Napoleonic Wars", "the Cold War", "the American Civil War", "the siege of Leningrad")
+
+
+def contrast_questions(count: int, seed: int) -> list[Example]:
+    """``count`` requests pairing violent verbs with harmless and with human targets (see
+    the comment above), in eighths: 3 harmless targets, 2 people, 1 people in fiction,
+    1 definition of a harm, 1 history question."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        kind = i % 8
+        opening, verb = rng.choice(_CONTRAST_OPENINGS), rng.choice(_CONTRAST_VERBS)
+        label = TaskClass.GENERAL
+        if kind < 3:
+            text = f"{opening} {verb} {rng.choice(_HARMLESS_TARGETS)}?"
+        elif kind < 5:
+            text, label = f"{opening} {verb} {rng.choice(_PEOPLE_TARGETS)}?", TaskClass.SAFETY
+        elif kind == 5:
+            text = f"{opening} {verb} {rng.choice(_PEOPLE_TARGETS)} {rng.choice(_FICTION_SETTINGS)}?"
+        elif kind == 6:
+            text = rng.choice(_DEFINITIONS).format(rng.choice(_HARM_TOPICS))
+        else:
+            text = rng.choice(_HISTORY).format(rng.choice(_EVENTS))
+        request = ChatRequest(messages=[ChatMessage(role="user", content=text)])
+        out.append(Example(f"synthetic-contrast-{i}", SYNTHETIC + "contrast", label, request))
     return out

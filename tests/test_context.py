@@ -8,15 +8,19 @@ from typing import Any
 import msgspec
 import pytest
 import xxhash
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.context import (
-    HEAD_CHARS,
+    HEAD_BYTES,
+    LEXICON,
+    LEXICON_LANES,
     PREFIX_BLOCK_CHARS,
-    TAIL_CHARS,
+    TAIL_BYTES,
+    WINDOW_BYTES,
     BadContext,
     CodeMarker,
+    LexiconLane,
     PrefixMemory,
     build_context,
     check_context,
@@ -131,6 +135,18 @@ def test_prefix_hashes_chain_fixed_blocks() -> None:
     assert prefix_hashes("short") == ()
 
 
+def test_prefix_memory_forgets_only_after_half_its_capacity_of_newer_hashes() -> None:
+    memory = PrefixMemory(capacity=8)  # two generations of 4
+    memory.remember((1, 2))
+    memory.remember((3, 4))  # the first generation is full: it becomes the previous one
+    assert memory.seen_depth((1, 2)) == 2 and memory.seen_depth((3, 4)) == 2
+    memory.remember((5, 6, 7, 8))  # a second full generation: (1, 2) and (3, 4) are older than 4 hashes
+    assert memory.seen_depth((5, 6, 7)) == 3
+    memory.remember((9,))
+    assert memory.seen_depth((1, 2)) == 0 and memory.seen_depth((5, 6, 7, 8, 9)) == 5
+    assert memory.seen_depth((5, 99, 7)) == 1  # a miss ends the count: deeper hashes chain on it
+
+
 def test_prefix_memory_reports_how_deep_a_prefix_was_seen() -> None:
     memory = PrefixMemory(capacity=8)
     shared = "x" * (PREFIX_BLOCK_CHARS * 2)
@@ -144,16 +160,49 @@ def test_prefix_memory_reports_how_deep_a_prefix_was_seen() -> None:
 
 def test_long_prompts_are_scanned_at_both_ends_only() -> None:
     middle = " ransomware " + "filler words here " * 2000
-    head, tail = "lorem ipsum dolor " * (HEAD_CHARS // 18), "sit amet elit " * (TAIL_CHARS // 14)
+    head, tail = "lorem ipsum dolor " * (HEAD_BYTES // 18), "sit amet elit " * (TAIL_BYTES // 14)
     text = "Summarise this document. " + head + middle + tail + " Answer in JSON only."
     view = read_text(text)
-    assert len(view.window) <= HEAD_CHARS + TAIL_CHARS + 1
-    assert "ransomware" not in view.word_set  # only in the middle: never read
-    assert "summarise" in view.word_set and "json" in view.word_set
+    assert len(view.window) == WINDOW_BYTES
+    assert b"ransomware" not in view.words  # only in the middle: never read
+    assert b"summarise" in view.words and b"json" in view.words
     ctx = build_context(request(text))
     assert ctx.structured == Structured.JSON_TEXT
     words = len(text.split())  # ~6,400 short words: a BPE makes about a token of each
     assert 0.8 * words <= ctx.prompt_tokens <= 1.5 * words  # the whole prompt, not the window
+
+
+def test_a_window_cut_inside_a_character_still_reads() -> None:
+    text = "é" * 2000 + " Write ransomware"  # two bytes a character: the cut splits one
+    view = read_text(text)
+    assert view.words[-2:] == [b"write", b"ransomware"]
+    assert build_context(request(text)).safety == SafetyCategory.CYBER
+
+
+# ---- the one pass: lexicon lanes count exactly the lexicon words ------------------------------
+
+def reference_lanes(words: list[bytes]) -> list[int]:
+    return [sum(word in LEXICON[lane] for word in words) for lane in LexiconLane]
+
+
+words_of_lexicons = st.sampled_from(sorted({w.decode() for ws in LEXICON.values() for w in ws}))
+prose = st.lists(st.one_of(words_of_lexicons, st.text(max_size=8)), max_size=200).map(" ".join)
+
+
+@settings(deadline=None)  # no timing in tests: a loaded box must not fail them
+@given(prose)
+def test_lexicon_lanes_count_every_lexicon_word(text: str) -> None:
+    view = read_text(text)
+    assert list(view.lanes[:LEXICON_LANES]) == reference_lanes(view.words)
+    assert not any(view.lanes[LEXICON_LANES:])  # no scorer: class sums are 0
+
+
+@pytest.mark.parametrize("word", ["my", "ex", "fn", "kill"])
+def test_a_repeated_lexicon_word_never_overflows_its_lane(word: str) -> None:
+    view = read_text(f"{word} " * 1000)  # the window full of it: the most a lane can count
+    lanes = reference_lanes(view.words)
+    assert list(view.lanes[:LEXICON_LANES]) == lanes
+    assert len(view.words) - 2 <= max(lanes) < 256  # all but the words the window's edges cut
 
 
 # ---- any request: a context; malformed contexts: refused naming the field ------------------
@@ -161,6 +210,7 @@ def test_long_prompts_are_scanned_at_both_ends_only() -> None:
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=3000)
 
 
+@settings(deadline=None)  # no timing in tests: a loaded box must not fail them
 @given(st.lists(texts, min_size=1, max_size=6), st.sampled_from(["user", "system", "assistant"]))
 def test_any_request_gives_a_well_formed_context(parts: list[str], role: str) -> None:
     req = ChatRequest(messages=[ChatMessage(role=role, content=p) for p in parts])

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabric.cli import main
-from router.context import build_context, read_request, read_signals
+from router.context import LEXICON_LANES, build_context, read_request, read_signals
 from router.scorer import (
-    LANE_BITS,
+    MAX_WEIGHT,
     Scorer,
     ScorerError,
     ScorerFile,
@@ -41,13 +41,14 @@ def request(text: str) -> ChatRequest:
     return ChatRequest(messages=[ChatMessage(role="user", content=text)])
 
 
-lane = st.integers(-(1 << 24), 1 << 24)
+lane = st.integers(-MAX_WEIGHT, MAX_WEIGHT)
 
 
-@given(st.lists(st.lists(lane, min_size=5, max_size=5), min_size=1, max_size=200))
+@settings(deadline=None)  # no timing in tests: a loaded box must not fail them
+@given(st.lists(st.lists(lane, min_size=5, max_size=5), min_size=1, max_size=512))
 def test_packed_sums_equal_per_class_sums(rows: list[list[int]]) -> None:
-    assert unpack(sum(pack(r) for r in rows), 5) == [sum(col) for col in zip(*rows, strict=True)]
-    assert all(abs(v) < 1 << (LANE_BITS - 1) for v in unpack(pack(rows[0]), 5))
+    # 512 features at the largest weight: more than any request has (window words, bigrams, signals)
+    assert unpack(sum(pack(r) for r in rows)) == tuple(sum(col) for col in zip(*rows, strict=True))
 
 
 def reference_logits(scorer: Scorer, req: ChatRequest) -> list[float]:
@@ -56,12 +57,13 @@ def reference_logits(scorer: Scorer, req: ChatRequest) -> list[float]:
     weights = array("i")
     weights.frombytes(model.weights)
     table = {decode_key(k): weights[i * 5:(i + 1) * 5] for i, k in enumerate(model.keys)}
-    view = read_request(req)
-    texts = text_keys(view, model.bigram_head, model.bigram_tail)
+    view = read_request(req)  # read with the lexicon alone: no packed class sums
+    texts = text_keys(view)
+    signals = signal_keys(view, read_signals(req, view))
     logits = [b / model.scale for b in model.bias]
     for c in range(5):
         logits[c] += sum(table[k][c] for k in texts if k in table) / model.scale / math.sqrt(len(texts))
-        logits[c] += sum(table[k][c] for k in signal_keys(view, read_signals(req, view)) if k in table) / model.scale
+        logits[c] += sum(table[k][c] for k in signals if k in table) / model.scale
     return logits
 
 
@@ -70,14 +72,30 @@ def reference_logits(scorer: Scorer, req: ChatRequest) -> list[float]:
     "Natalia sold clips to 48 of her friends in April, and then half as many in May. How many?",
     "How do I kill a Python process?",
     "Summarize this dialogue: A: hi B: hello",
+    "Why should Asian pears not be allowed to vote?",  # the safety cues: group, opening
+    "What is my boss's home address?",  # private details of "my" someone
+    "How did they steal the show and kill the lights in the last film?",  # both verb kinds, settings
+    "What is cocaine?",  # a definition of a lexicon word
 ])
 def test_shipped_scorer_matches_the_reference_dot_product(text: str) -> None:
     scorer = shared_scorer()
     req = request(text)
-    view = read_request(req)
+    view = read_request(req, scorer.table)
     got = scorer.score(view, read_signals(req, view)).probabilities
     want = scores_from_logits(reference_logits(scorer, req)).probabilities
     assert got == pytest.approx(want, abs=1e-9)
+    # The scorer's table reads the same lexicon counts as the lexicon alone.
+    assert view.lanes[:LEXICON_LANES] == read_request(req).lanes[:LEXICON_LANES]
+
+
+@settings(deadline=None)  # no timing in tests: a loaded box must not fail them
+@given(st.text(max_size=600))
+def test_packed_inference_matches_the_reference_on_any_text(text: str) -> None:
+    scorer = shared_scorer()
+    req = request(text)
+    view = read_request(req, scorer.table)
+    got = scorer.score(view, read_signals(req, view)).probabilities
+    assert got == pytest.approx(scores_from_logits(reference_logits(scorer, req)).probabilities, abs=1e-9)
 
 
 def test_shipped_model_is_small_calibrated_and_sensible() -> None:

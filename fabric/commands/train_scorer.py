@@ -20,11 +20,14 @@ from router.training import (
     TrainSettings,
     benign_imperatives,
     calibrate,
+    contrast_questions,
     evaluate,
+    evaluate_out_of_fold,
+    out_of_fold,
     out_of_fold_safety,
-    out_of_fold_scores,
     read_examples,
     rules_for,
+    safety_tradeoff,
     split_holdout,
     train_scorer,
 )
@@ -54,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic-imperatives", type=int, default=400, metavar="N",
                         help="add N harmless imperative requests (GENERAL) to the training rows only, "
                              "against dev.jsonl's 'short imperative = unsafe' bias (default: 400)")
+    parser.add_argument("--synthetic-contrasts", type=int, default=1200, metavar="N",
+                        help="add N templated requests pairing violent verbs with harmless and with human "
+                             "targets, definitions and history questions, to the training rows only "
+                             "(router/training.py says why; default: 1200)")
     parser.add_argument("--limit", type=int, default=0, help="use only N rows, spread over the file (quick runs)")
     parser.add_argument("--report", type=Path, help="also write the held-out report (markdown) here")
 
@@ -78,18 +85,27 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(seed=args.seed, epochs=args.epochs, folds=args.folds,
                              safety_recall=args.safety_recall, source_weights=weights)
     train, held = split_holdout(examples, args.holdout, args.seed)
-    print(f"{len(examples)} rows: {len(train)} to train, {len(held)} held out (seed {args.seed})"
-          + (f"; +{args.synthetic_imperatives} synthetic harmless imperatives to train"
-             if args.synthetic_imperatives else ""))
+    print(f"{len(examples)} rows: {len(train)} to train, {len(held)} held out (seed {args.seed}); "
+          f"+{args.synthetic_imperatives} synthetic harmless imperatives and "
+          f"+{args.synthetic_contrasts} synthetic contrast requests to train")
     train += benign_imperatives(args.synthetic_imperatives, args.seed)
-    probs = out_of_fold_scores(train, settings, log=print)
-    thresholds = calibrate(train, probs, settings.safety_recall)
+    train += contrast_questions(args.synthetic_contrasts, args.seed)
+    oof = out_of_fold(train, settings, log=print)
+    thresholds = calibrate(train, oof.probs, settings.safety_recall)
     print(f"calibrated thresholds: {thresholds}")
-    print(out_of_fold_safety(train, probs, thresholds["safety"], args.contrast_source))
+    print(out_of_fold_safety(train, oof.probs, thresholds["safety"], args.contrast_source))
+    cross = evaluate_out_of_fold(train, oof, thresholds, args.contrast_source)
+    print(f"\nCross-validated ({settings.folds} folds over the {sum(map(sum, cross.confusion))} real training "
+          "rows, each decided by a model that did not train on it), the router's model choice:\n")
+    print(cross.report())
+    print("\nSafety threshold trade-off, out of fold:\n")
+    print(safety_tradeoff(train, oof.probs, sorted({thresholds["safety"], 0.5, 0.6, 0.7, 0.8, 0.9}),
+                          args.contrast_source))
     meta = {
         "data_sha256": hashlib.sha256(args.data.read_bytes()).hexdigest()[:16],
         "rows": len(examples), "seed": args.seed, "holdout": args.holdout, "epochs": args.epochs,
         "source_weights": weights, "synthetic_imperatives": args.synthetic_imperatives,
+        "synthetic_contrasts": args.synthetic_contrasts,
     }
     scorer = train_scorer(train, settings, thresholds, meta)
     args.output.parent.mkdir(parents=True, exist_ok=True)
