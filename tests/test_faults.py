@@ -51,7 +51,9 @@ async def test_nats_restart_work_stored_before_is_served_after():
     assert_nothing_lost(row)
     assert row.answered == row.sent, row.errored
     assert row.facts["queued_at_restart"] > 0
-    assert row.duplicated == 0
+    # Not asserted: duplicates. An ack in flight when the server stops can be lost, and
+    # JetStream then delivers that work again (at-least-once); the client has returned
+    # with the first answer by then. The report counts them.
 
 
 async def test_nats_crash_loses_nothing():
