@@ -107,7 +107,7 @@ WRONG_TYPES: dict[str, Any] = {
     "temperature": st.one_of(text, st.dictionaries(text, text, max_size=2)),
     "stream": st.one_of(text, st.integers(2, 10)),
     "model": st.one_of(st.integers(), st.lists(text, max_size=2)),
-    "id": st.one_of(st.integers(), st.floats(allow_nan=False)),
+    "id": st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False)),
     "deadline": st.one_of(text, st.lists(st.integers(), max_size=2)),
     "tools": st.one_of(text, st.integers()),
 }
