@@ -45,3 +45,17 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     scorer_path: str = ""  # scorer model file; "" = the shipped router/data/scorer.msgpack.z
     session_capacity: int = 100_000  # sessions the sticky-session table remembers (LRU)
     decision_log: str = ""  # append every decision to this file (router.decision_log); "" = off
+    # ---- replica choice (router.replicas; defaults from the offline replay) -------------
+    load_epsilon: float = 0.15  # no replica above (1 + this) × the mean load …
+    move_cost: float = 4.0  # … except by this × the prompt tokens of the request it holds
+    decode_weight: float = 32.0  # prompt-token equivalents of one output token in a load
+    load_cost: float = 0.01  # a candidate's cost: tokens to prefill + this × its load
+    ring_choices: int = 4  # ring candidates for a new prefix
+    saturation: float = 2.0  # a replica with this × its capacity outstanding takes no more
+    placement_capacity: int = 1_048_576  # prefix hashes the placement memory keeps
+    # Seconds between reads of each work stream's per-subject counts (the load sample);
+    # 0 = use the heartbeats' in-flight counts instead (blind to messages still queued).
+    load_sample_interval: float = 0.5
+    # Seconds a dead or draining replica's own queue is watched and moved to .any: past
+    # the consumer's ack_wait, so work the dead worker held comes back and moves too.
+    move_window: float = 45.0

@@ -10,16 +10,22 @@ from dataclasses import dataclass, field
 
 from router.context import PrefixMemory, build_context
 from router.registry import ReplicaTable
-from router.replicas import order_replicas
+from router.replicas import (
+    DEFAULT_SETTINGS,
+    ReplicaSettings,
+    apply_record,
+    choose_affinity,
+    record_placement,
+)
 from router.rules import ModelChoice, RuleSet, UnknownModel, decide_model
 from router.scorer import Scorer
 from router.sessions import SessionTable
 from subjects.messages import (
     CacheClass,
     ChatRequest,
+    PlacementRecord,
     RoutingContext,
 )
-from subjects.names import ANY_REPLICA
 
 __all__ = ["ModelChoice", "Policy", "UnknownModel"]
 
@@ -30,6 +36,7 @@ class Policy:
     memory: PrefixMemory
     scorer: Scorer | None = None  # None: scorer fields stay neutral, scorer rules rarely match
     sessions: SessionTable = field(default_factory=SessionTable)
+    replica_settings: ReplicaSettings = field(default=DEFAULT_SETTINGS)
 
     def context(self, request: ChatRequest) -> RoutingContext:
         return build_context(request, self.memory, self.scorer)
@@ -51,11 +58,21 @@ class Policy:
     def choose_replicas(
         self, ctx: RoutingContext, model: str, table: ReplicaTable
     ) -> list[tuple[str, CacheClass]]:
-        """Replicas to try in order, then the model's spill-over queue.
+        """Replicas to try in order, then the model's spill-over queue (router.replicas).
 
-        Empty when no replica of the model is alive: nothing would drain ``.any``.
+        Empty when no usable replica of the model is alive: nothing would drain ``.any``.
         """
-        live = table.live(model)
-        if not live:
-            return []
-        return order_replicas(ctx, live) + [(ANY_REPLICA, CacheClass.SPILL)]
+        return choose_affinity(ctx, table.fleet(model), self.replica_settings)
+
+    def placed(self, ctx: RoutingContext, model: str, replica: str, table: ReplicaTable) -> int:
+        """Record that ``replica`` took the request; returns the token weight it was charged."""
+        return record_placement(table.fleet(model), ctx, replica, self.replica_settings)
+
+    def apply_placement(self, record: PlacementRecord, table: ReplicaTable) -> None:
+        """Apply another router's placement record to this router's view.
+
+        Its prefixes count as seen here too, so ``prefix_seen_depth`` means "placed
+        anywhere in the fleet lately" on every router (replica choice starts from it).
+        """
+        apply_record(table.fleet(record.model), record)
+        self.memory.remember(record.prefix_hashes)

@@ -1,42 +1,260 @@
-"""Replica choice: an ordered list of replicas to try for a request.
+"""Replica choice: the ordered replicas to try for a request, then the model's ``.any``.
 
-Pure: the registry view and the clock come in as arguments. Affinity first (session,
-then prefix), by rendezvous hashing so every router that sees the same replicas makes the
-same choice without talking to the others; saturated and draining replicas are skipped.
+Pure and synchronous: the fleet view (heartbeats, load estimates, placement memory) comes
+in as an argument, nothing reads a clock, and ties break on names, so every router that
+holds the same view makes the same choice.
+
+Candidates, each with the prompt blocks it is believed to hold:
+
+1. **Session**: the replica this session's last turn went to.
+2. **Longest placed prefix**: the replicas that served the deepest placed prefix of this
+   prompt, found by a binary search over every depth (chained block hashes: depth d is
+   "the whole prompt up to block d"). Every Mooncake request shares its first block, so
+   depth 1 says nothing; the search finds the conversation a request continues. A prefix
+   whose holder list is full has spread over the fleet (a shared system prompt): every
+   replica is assumed to hold it, so it prefers nobody.
+3. **New prefix**: the first ``ring_choices`` replicas the consistent-hash ring lists
+   for the first block nobody has placed yet. Deterministic per prefix, so routers that
+   see the same new document at once agree, and different new prefixes spread out.
+
+The first choice is the candidate with the least *cost*: prompt tokens it would have to
+prefill, plus ``load_cost ×`` its outstanding load. The next two are fallbacks for when
+a queue refuses the publish; ``.any`` comes last.
+
+**Bounded load.** Load is token weight: a request weighs the prompt its replica must
+still prefill plus ``decode_weight ×`` its output tokens (an output token costs a decode
+step, a prompt token a sliver of a prefill step). A candidate is taken only if its
+outstanding load is at most ``(1 + load_epsilon) ×`` the fleet mean (this request
+included) — except that a replica already holding part of this request's *own* prompt
+(past any fleet-wide prefix) may exceed that by ``move_cost ×`` the tokens it holds:
+sending the request elsewhere would cost that much prefill again. So a hot shared prefix
+fills its home to the bound and then spills along the ring, the replicas it spills to are
+recorded as holders and are warm for it next time, and a long conversation is moved only
+when its replica is over the bound by more than moving would waste. Saturated replicas
+(outstanding requests at the fleet's ``saturation`` × capacity, router.registry) are
+skipped; when every replica is saturated the request goes to ``.any``.
 """
 
 from __future__ import annotations
 
-import xxhash
+import math
+import random
 
-from router.registry import ReplicaState
-from subjects.messages import CacheClass, RoutingContext
+import msgspec
 
+from router.context import CHARS_PER_TOKEN, PREFIX_BLOCK_CHARS
+from router.registry import Fleet
+from subjects.messages import CacheClass, PlacementRecord, RoutingContext
+from subjects.names import ANY_REPLICA
 
-def rendezvous_score(key: int, replica: str) -> int:
-    return xxhash.xxh3_64_intdigest(replica.encode(), key & 0xFFFFFFFFFFFFFFFF)
-
-
-def is_saturated(state: ReplicaState) -> bool:
-    beat = state.beat
-    return beat.in_flight + beat.queue_depth >= 2 * max(beat.capacity, 1)
+BLOCK_TOKENS = int(PREFIX_BLOCK_CHARS / CHARS_PER_TOKEN)  # prompt tokens one prefix hash covers
 
 
-def order_replicas(
-    ctx: RoutingContext, replicas: dict[str, ReplicaState]
-) -> list[tuple[str, CacheClass]]:
-    """Replicas in the order the router should try them, with the reason for the first."""
-    if not replicas:
+class ReplicaSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Knobs of replica choice (RouterConfig carries the same names).
+
+    Defaults were chosen on the offline replay (bench/replay.py, README "Replica choice").
+    """
+
+    # No replica's outstanding load may exceed (1 + epsilon) × the fleet mean …
+    load_epsilon: float = 0.15
+    # … except by move_cost × the prompt tokens of this request it already holds.
+    move_cost: float = 4.0
+    # Prompt-token equivalents of one output token in a request's weight.
+    decode_weight: float = 32.0
+    # Cost of a candidate: tokens to prefill + load_cost × its outstanding load.
+    load_cost: float = 0.01
+    # Output tokens assumed for a request that sets no max_tokens.
+    default_output_tokens: int = 256
+    # Unplaced replicas taken from the ring as candidates for new work.
+    ring_choices: int = 4
+    # Ring positions looked at before falling back to a scan for the least loaded.
+    max_walk: int = 8
+    # Replicas listed after the first choice (0-2), for when its queue refuses the publish.
+    fallbacks: int = 2
+
+
+DEFAULT_SETTINGS = ReplicaSettings()
+
+
+def settings_from(config: object) -> ReplicaSettings:
+    """The ReplicaSettings a RouterConfig (or anything with the same attributes) asks for."""
+    names = [f for f in ReplicaSettings.__struct_fields__ if hasattr(config, f)]
+    return ReplicaSettings(**{f: getattr(config, f) for f in names})
+
+Candidates = list[tuple[str, CacheClass]]
+_INF = math.inf
+
+
+def request_weight(ctx: RoutingContext, settings: ReplicaSettings = DEFAULT_SETTINGS,
+                   cached_blocks: int = 0) -> int:
+    """Token weight of a request on a replica that holds ``cached_blocks`` of its prompt."""
+    prompt = max(ctx.prompt_tokens - cached_blocks * BLOCK_TOKENS, 1)
+    output = ctx.max_tokens or settings.default_output_tokens
+    return prompt + round(settings.decode_weight * output)
+
+
+def choose_affinity(ctx: RoutingContext, fleet: Fleet,
+                    settings: ReplicaSettings = DEFAULT_SETTINGS) -> Candidates:
+    """Replicas to try in order (see the module docstring), then ``.any``; [] if none usable.
+
+    Written for speed (it runs on every request): one placement lookup (a binary search
+    over the prefix depths), the candidate checks inlined, the best three kept in locals
+    instead of a sorted list, the ring's candidates read from its lookup table, and
+    nothing that grows with the fleet.
+    """
+    usable = fleet.usable
+    count = len(usable)
+    if not count:
         return []
-    if ctx.session_hash:
-        key, reason = ctx.session_hash, CacheClass.SESSION_STICKY
-    elif ctx.prefix_hashes:
-        key, reason = ctx.prefix_hashes[-1], CacheClass.PREFIX_HIT if ctx.prefix_seen_depth else CacheClass.COLD
+    if not fleet.open_count:
+        return [(ANY_REPLICA, CacheClass.SPILL)]  # every replica is saturated
+    matched, common, holders = fleet.placements.lookup(ctx.prefix_hashes, ctx.prefix_seen_depth)
+    prompt = ctx.prompt_tokens
+    uncached = prompt - matched * BLOCK_TOKENS
+    if uncached < 1:
+        uncached = 1
+    output = settings.decode_weight * (ctx.max_tokens or settings.default_output_tokens)
+    bound = (1.0 + settings.load_epsilon) * (fleet.usable_weight + uncached + output) / count
+    load_cost = settings.load_cost
+    # The three cheapest candidates: (cost, name) each; the name breaks ties.
+    c1 = c2 = c3 = _INF
+    n1 = n2 = n3 = ""
+    sticky = fleet.placements.session(ctx.session_hash) if ctx.session_hash else None
+    sticky_fits = False
+    warm = (sticky, *holders) if sticky is not None and sticky not in holders else holders
+    if warm:
+        # The session's last turn and the holders of this prompt's deepest prefix hold
+        # ``matched`` blocks of it; they may exceed the bound by what moving would waste.
+        allowance = bound + settings.move_cost * (matched - common) * BLOCK_TOKENS
+        for name in warm:
+            load = usable.get(name)
+            if load is None or load.requests >= load.limit or load.weight > allowance:
+                continue
+            if name == sticky:
+                sticky_fits = True
+            cost = uncached + load_cost * load.weight
+            if cost < c1 or (cost == c1 and name < n1):
+                c1, n1, c2, n2, c3, n3 = cost, name, c1, n1, c2, n2
+            elif cost < c2 or (cost == c2 and name < n2):
+                c2, n2, c3, n3 = cost, name, c2, n2
+            elif cost < c3 or (cost == c3 and name < n3):
+                c3, n3 = cost, name
+    hashes = ctx.prefix_hashes
+    key = hashes[matched if matched < len(hashes) else -1] if hashes else ctx.session_hash
+    wanted = settings.ring_choices
+    cold = prompt - common * BLOCK_TOKENS
+    for name in fleet.ring.successors(key, settings.max_walk):
+        if name in warm:
+            continue
+        load = usable.get(name)
+        if load is None or load.requests >= load.limit or load.weight > bound:
+            continue
+        cost = cold + load_cost * load.weight
+        if cost < c1 or (cost == c1 and name < n1):
+            c1, n1, c2, n2, c3, n3 = cost, name, c1, n1, c2, n2
+        elif cost < c2 or (cost == c2 and name < n2):
+            c2, n2, c3, n3 = cost, name, c2, n2
+        elif cost < c3 or (cost == c3 and name < n3):
+            c3, n3 = cost, name
+        wanted -= 1
+        if not wanted:
+            break
+    if c1 == _INF:
+        # Rare (a long run of full replicas on the ring): the least loaded one is at or
+        # below the mean, so within the bound unless it is saturated.
+        least = _least_loaded(fleet)
+        if least is None:
+            return [(ANY_REPLICA, CacheClass.SPILL)]
+        n1 = least
+    ranked = [n for n in (n1, n2, n3) if n]
+    if sticky_fits and sticky is not None:
+        # Session first: its replica holds the conversation, hashed or not (a turn
+        # shorter than a block has no prefix hash at all).
+        ranked = [sticky, *(n for n in ranked if n != sticky)]
+    first = ranked[0]
+    if first == sticky:
+        reason = CacheClass.SESSION_STICKY
+    elif common or first in holders:
+        reason = CacheClass.PREFIX_HIT
     else:
-        key, reason = 0, CacheClass.COLD
-    ranked = sorted(replicas, key=lambda r: rendezvous_score(key, r), reverse=True)
-    usable = [r for r in ranked if not replicas[r].beat.draining and not is_saturated(replicas[r])]
-    if not usable:
+        reason = CacheClass.COLD
+    out: Candidates = [(first, reason)]
+    out.extend((name, CacheClass.COLD) for name in ranked[1 : 1 + settings.fallbacks])
+    out.append((ANY_REPLICA, CacheClass.SPILL))
+    return out
+
+
+def held_depth(ctx: RoutingContext, fleet: Fleet, replica: str) -> int:
+    """Prompt blocks ``replica`` is believed to hold, by the same lookup choice uses."""
+    matched, common, holders = fleet.placements.lookup(ctx.prefix_hashes, ctx.prefix_seen_depth)
+    if replica in holders or (
+            ctx.session_hash and fleet.placements.session(ctx.session_hash) == replica):
+        return matched
+    return common
+
+
+def _least_loaded(fleet: Fleet) -> str | None:
+    best = None
+    best_key: tuple[int, str] | None = None
+    for replica, load in fleet.usable.items():
+        if load.requests >= load.limit:
+            continue
+        key = (load.weight, replica)
+        if best_key is None or key < best_key:
+            best, best_key = replica, key
+    return best
+
+
+def _open(fleet: Fleet) -> list[str]:
+    """Usable, unsaturated replicas in name order (the baselines' candidate list)."""
+    return sorted(r for r, load in fleet.usable.items() if load.requests < load.limit)
+
+
+# ---- baselines, for the replay's comparisons (same view, same saturation rule) --------------
+def choose_round_robin(fleet: Fleet, turn: int,
+                       settings: ReplicaSettings = DEFAULT_SETTINGS) -> Candidates:
+    """The ``turn``-th open replica in name order (the caller counts turns)."""
+    if fleet.usable_count <= 0:
         return []
-    first = usable[0]
-    return [(first, reason)] + [(r, CacheClass.COLD) for r in usable[1:]]
+    open_ = _open(fleet)
+    if not open_:
+        return [(ANY_REPLICA, CacheClass.SPILL)]
+    return [(open_[turn % len(open_)], CacheClass.COLD), (ANY_REPLICA, CacheClass.SPILL)]
+
+
+def choose_random(fleet: Fleet, rng: random.Random,
+                  settings: ReplicaSettings = DEFAULT_SETTINGS) -> Candidates:
+    if fleet.usable_count <= 0:
+        return []
+    open_ = _open(fleet)
+    if not open_:
+        return [(ANY_REPLICA, CacheClass.SPILL)]
+    return [(rng.choice(open_), CacheClass.COLD), (ANY_REPLICA, CacheClass.SPILL)]
+
+
+def choose_least_loaded(fleet: Fleet, settings: ReplicaSettings = DEFAULT_SETTINGS) -> Candidates:
+    """The replica with the least outstanding token weight (ties by name)."""
+    if fleet.usable_count <= 0:
+        return []
+    best = _least_loaded(fleet)
+    if best is None:
+        return [(ANY_REPLICA, CacheClass.SPILL)]
+    return [(best, CacheClass.COLD), (ANY_REPLICA, CacheClass.SPILL)]
+
+
+# ---- after the publish ---------------------------------------------------------------------
+def record_placement(fleet: Fleet, ctx: RoutingContext, replica: str,
+                     settings: ReplicaSettings = DEFAULT_SETTINGS) -> int:
+    """Remember that ``replica`` took this request; returns the weight it was charged."""
+    if replica == ANY_REPLICA:
+        return request_weight(ctx, settings)
+    weight = request_weight(ctx, settings, held_depth(ctx, fleet, replica))
+    fleet.placed(replica, weight, ctx.prefix_hashes, ctx.session_hash)
+    return weight
+
+
+def apply_record(fleet: Fleet, record: PlacementRecord) -> None:
+    """Apply another router's placement: the same update its own router made."""
+    if record.replica != ANY_REPLICA:
+        fleet.placed(record.replica, record.weight, record.prefix_hashes, record.session_hash)

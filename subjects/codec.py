@@ -14,6 +14,7 @@ import msgspec
 from subjects.messages import (
     ChatRequest,
     Heartbeat,
+    PlacementRecord,
     Reply,
     RoutingContext,
     WorkItem,
@@ -104,3 +105,14 @@ def encode_heartbeat(beat: Heartbeat) -> bytes:
 
 def decode_heartbeat(payload: bytes, subject: str = "") -> Heartbeat:
     return _decode(_heartbeat_decoder, "heartbeat", payload, subject)  # type: ignore[no-any-return]
+
+
+_placement_decoder = msgspec.msgpack.Decoder(PlacementRecord)
+
+
+def encode_placement(record: PlacementRecord) -> bytes:
+    return _msgpack.encode(record)
+
+
+def decode_placement(payload: bytes, subject: str = "") -> PlacementRecord:
+    return _decode(_placement_decoder, "placement record", payload, subject)  # type: ignore[no-any-return]

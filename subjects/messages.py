@@ -276,3 +276,24 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     sent_at: float = 0.0  # Unix seconds at the worker
     started_at: float = 0.0
 
+
+# ------------------------------------------------------------------------------------
+# Router → routers (core NATS, every router hears every other; hot path, msgpack)
+# ------------------------------------------------------------------------------------
+
+
+class PlacementRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One router's placement of one request, published for every other router to apply.
+
+    A fact, not a command: applying it records that ``replica`` now holds these prefixes
+    (and this session) and adds ``weight`` tokens to that replica's outstanding load, the
+    same update the publishing router made. Applying it twice changes the prefix map not
+    at all and the load estimate only until the replica's next load sample.
+    """
+
+    router: str  # the publishing router's instance id (a router skips its own records)
+    model: str
+    replica: str
+    weight: int  # token weight charged to the replica: prompt + expected output
+    session_hash: int  # 0 when the request named no session
+    prefix_hashes: tuple[int, ...]  # the request's chained prefix hashes, every depth

@@ -1,0 +1,75 @@
+"""How much work waits on one replica, as a router can know it between samples.
+
+Two shared signals meet here. Every placement (this router's own, and every other
+router's from the placements subject) adds its token weight at once. Now and then a
+*sample* says how many messages the replica's own queue still holds (queued + being
+served: a WorkQueue stream deletes a message only when the worker acks it, after the
+final chunk), read from JetStream's per-subject counts or from a heartbeat. Work leaves
+a queue roughly first in, first out, so "n messages outstanding" means "the n newest
+placements are outstanding", and the estimate becomes their summed weight plus whatever
+was placed since — exact in tokens, and fresh between samples.
+
+Pure: no clock, no NATS; O(1) per placement and per question.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+# Placements kept behind the oldest outstanding one, so a sample that arrives late (and
+# counts a few more outstanding messages than the last one) can still be priced exactly.
+_SLACK = 256
+
+
+class ReplicaLoad:
+    """Outstanding token weight and request count on one replica's own queue.
+
+    ``weight`` and ``requests`` are plain attributes kept current on every update, so
+    replica choice reads them at the cost of an attribute lookup. ``limit`` is the
+    outstanding request count at which the replica counts as saturated (its capacity
+    from its heartbeat × the fleet's saturation factor), kept here for the same reason.
+    """
+
+    __slots__ = ("_base", "_cum", "_oldest", "limit", "requests", "weight")
+
+    def __init__(self, limit: float = 2.0) -> None:
+        self._cum: deque[int] = deque([0])  # cumulative weight after each placement
+        self._base = 0  # placement index of _cum[0]
+        self._oldest = 0  # index of the oldest placement still outstanding
+        self.weight = 0
+        self.requests = 0
+        self.limit = limit
+
+    @property
+    def open(self) -> bool:
+        """Below its saturation point: it may take more work."""
+        return self.requests < self.limit
+
+    @property
+    def placements(self) -> int:
+        return self._base + len(self._cum) - 1
+
+    def placed(self, weight: int) -> None:
+        self._cum.append(self._cum[-1] + weight)
+        self.weight += weight
+        self.requests += 1
+
+    def sample(self, outstanding: int, fill_weight: int) -> None:
+        """The replica's queue holds ``outstanding`` messages now.
+
+        When it holds more than this router has seen placed (the router started late, a
+        record was lost), each unknown message is priced at ``fill_weight``.
+        """
+        outstanding = max(outstanding, 0)
+        oldest = self.placements - outstanding
+        missing = 0
+        if oldest < self._base:
+            missing = self._base - oldest
+            oldest = self._base
+        cum = self._cum
+        self._oldest = oldest
+        self.weight = cum[-1] - cum[oldest - self._base] + missing * fill_weight
+        self.requests = outstanding
+        while self._base < oldest - _SLACK:
+            cum.popleft()
+            self._base += 1

@@ -1,0 +1,289 @@
+"""Replica choice, pure: the ring, the placement memory, load estimates and the policy."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.context import PrefixMemory
+from router.load import ReplicaLoad
+from router.placement import PlacementMemory
+from router.policy import Policy
+from router.registry import ReplicaTable
+from router.replicas import (
+    BLOCK_TOKENS,
+    ReplicaSettings,
+    choose_affinity,
+    choose_least_loaded,
+    choose_round_robin,
+    record_placement,
+    request_weight,
+)
+from router.ring import HashRing
+from router.rules import DEFAULT_RULES
+from subjects.messages import (
+    CacheClass,
+    Heartbeat,
+    PlacementRecord,
+    RoutingContext,
+    SafetyCategory,
+    Script,
+    Structured,
+)
+from subjects.names import ANY_REPLICA
+
+MODEL = "general"
+
+
+def ctx(hashes: tuple[int, ...] = (), *, session: int = 0, tokens: int | None = None,
+        out: int = 64, seen: int = 0) -> RoutingContext:
+    prompt = tokens if tokens is not None else max(len(hashes), 1) * BLOCK_TOKENS
+    return RoutingContext(prompt, 0, Structured.NONE, Script.LATIN, SafetyCategory.NONE,
+                          session, hashes, seen, 0.0, "", out)
+
+
+def fleet_of(n: int, capacity: int = 8, **beat: object):
+    table = ReplicaTable(ttl=10.0, load_from_heartbeats=False)
+    for i in range(n):
+        table.apply(Heartbeat(model=MODEL, replica=f"r{i}", capacity=capacity, **beat), 0.0)  # type: ignore[arg-type]
+    return table, table.fleet(MODEL)
+
+
+def chain(*parts: int) -> tuple[int, ...]:
+    """Chained prefix hashes of a prompt made of these blocks (as router.context does)."""
+    out, h = [], 0
+    for p in parts:
+        h = hash((h, p)) & 0x7FFFFFFFFFFFFFFF
+        out.append(h)
+    return tuple(out)
+
+
+# ---- the ring -----------------------------------------------------------------------------
+def test_ring_is_the_same_on_every_router_and_lists_each_replica_once():
+    names = [f"r{i}" for i in range(10)]
+    a, b = HashRing(names), HashRing(reversed(names))
+    for key in (0, 1, 2**40, 2**63 - 1, 12345678901234):
+        assert list(a.walk(key)) == list(b.walk(key))
+        assert sorted(a.walk(key)) == sorted(names)
+        assert a.successors(key, 4) == b.successors(key, 4)
+        assert len(set(a.successors(key, 4))) == 4
+
+
+def test_ring_change_moves_only_the_keys_of_the_replica_that_left():
+    names = [f"r{i}" for i in range(16)]
+    full, less = HashRing(names), HashRing(names[1:])
+    keys = [random.Random(k).getrandbits(64) for k in range(2000)]
+    moved = [k for k in keys if full.home(k) != less.home(k)]
+    assert all(full.home(k) == "r0" for k in moved)  # only r0's keys moved
+    share = sum(1 for k in keys if full.home(k) == "r0") / len(keys)
+    assert 0.02 < share < 0.13  # about 1/16 of the ring
+
+
+# ---- the placement memory ----------------------------------------------------------------
+def test_lookup_finds_the_deepest_placed_prefix_with_or_without_a_hint():
+    memory = PlacementMemory()
+    first = chain(0, 1, 2, 3)
+    memory.record("r1", first)
+    later = chain(0, 1, 2, 3, 4, 5)  # the conversation's next turn
+    for hint in (0, 1, 4, 6):
+        assert memory.lookup(later, hint) == (4, 0, ("r1",))
+    assert memory.lookup(chain(9, 9)) == (0, 0, ())
+    branch = chain(0, 1, 7)  # shares two blocks, then differs
+    assert memory.lookup(branch)[0] == 2
+
+
+def test_a_prefix_served_by_many_replicas_counts_as_spread_and_prefers_nobody():
+    memory = PlacementMemory(fanout=3)
+    system = chain(0, 1)
+    for i, replica in enumerate(("r1", "r2", "r3")):
+        memory.record(replica, chain(0, 1, 100 + i))
+    matched, shared, holders = memory.lookup(chain(0, 1, 999))
+    assert (matched, shared, holders) == (2, 2, ())
+    # A deeper private prefix on top of the spread one keeps its holder, and says how
+    # many of its blocks are the spread ones.
+    memory.record("r2", chain(0, 1, 50, 51))
+    assert memory.lookup(chain(0, 1, 50, 51, 52)) == (4, 2, ("r2",))
+    assert memory.holders(system[-1])[0] == "r2"  # most recent first
+
+
+def test_sessions_and_generations():
+    memory = PlacementMemory(capacity=64)
+    memory.record("r1", chain(1, 2), session_hash=42)
+    assert memory.session(42) == "r1"
+    memory.record("r2", chain(3), session_hash=42)
+    assert memory.session(42) == "r2"
+    for i in range(200):  # several generations later the old entries are gone
+        memory.record("r3", chain(1000 + i))
+    assert memory.lookup(chain(1, 2)) == (0, 0, ())
+    assert len(memory) <= 64
+
+
+# ---- load estimates ---------------------------------------------------------------------------
+def test_load_is_the_newest_placements_still_in_the_queue():
+    load = ReplicaLoad(limit=16)
+    for weight in (100, 200, 300, 400):
+        load.placed(weight)
+    assert (load.weight, load.requests) == (1000, 4)
+    load.sample(2, fill_weight=50)  # two left: the newest two
+    assert (load.weight, load.requests) == (700, 2)
+    load.placed(10)
+    assert (load.weight, load.requests) == (710, 3)
+    load.sample(7, fill_weight=50)  # more than it knows of: the unknown ones at the fill weight
+    assert (load.weight, load.requests) == (1010 + 2 * 50, 7)
+    load.sample(0, fill_weight=50)
+    assert (load.weight, load.requests) == (0, 0)
+
+
+# ---- the policy --------------------------------------------------------------------------------
+def test_a_session_sticks_to_its_replica():
+    _, fleet = fleet_of(8)
+    first = choose_affinity(ctx(chain(1, 2), session=77), fleet)[0][0]
+    record_placement(fleet, ctx(chain(1, 2), session=77), first)
+    fleet.sample(first, 0)  # the first turn was answered
+    for prompt in (chain(5, 6, 7), ()):  # prompts that share no hashed block with it
+        again = choose_affinity(ctx(prompt, session=77), fleet)
+        assert again[0] == (first, CacheClass.SESSION_STICKY)
+        assert again[-1] == (ANY_REPLICA, CacheClass.SPILL)
+    # A session does not keep a replica far above the others: it moves, then sticks there.
+    for other in fleet.usable:
+        fleet.sample(other, 0)
+    for _ in range(20):
+        fleet.placed(first, 10_000)
+    moved = choose_affinity(ctx((), session=77), fleet)[0][0]
+    assert moved != first
+    record_placement(fleet, ctx((), session=77), moved)
+    assert fleet.placements.session(session_hash=77) == moved
+
+
+def test_a_draining_replica_gets_no_sticky_work():
+    table, fleet = fleet_of(4)
+    prompt = ctx(chain(1, 2, 3), session=5)
+    home = choose_affinity(prompt, fleet)[0][0]
+    record_placement(fleet, prompt, home)
+    assert choose_affinity(ctx(chain(1, 2, 3, 4), session=5), fleet)[0][0] == home
+    table.apply(Heartbeat(model=MODEL, replica=home, capacity=8, draining=True), 1.0)
+    for c in (ctx(chain(1, 2, 3, 4), session=5), ctx(chain(1, 2, 3, 4))):
+        candidates = choose_affinity(c, fleet)
+        assert home not in [r for r, _ in candidates]
+
+
+def test_the_longest_prefix_wins_over_a_shorter_one():
+    _, fleet = fleet_of(8)
+    fleet.placed("r3", 100, chain(1, 2))
+    fleet.placed("r5", 100, chain(1, 2, 3, 4))
+    choice = choose_affinity(ctx(chain(1, 2, 3, 4, 9)), fleet)
+    assert choice[0] == ("r5", CacheClass.PREFIX_HIT)
+    assert choose_affinity(ctx(chain(1, 2, 8)), fleet)[0][0] in ("r3", "r5")
+
+
+def test_saturated_replicas_are_skipped_and_all_saturated_goes_to_any():
+    _, fleet = fleet_of(3, capacity=2)  # the table's saturation: 2 × capacity outstanding
+    s = ReplicaSettings()
+    for replica in ("r0", "r1"):
+        fleet.sample(replica, 4)  # 2 × capacity: saturated
+    assert choose_affinity(ctx(chain(1)), fleet, s)[0][0] == "r2"
+    fleet.sample("r2", 9)
+    assert choose_affinity(ctx(chain(1)), fleet, s) == [(ANY_REPLICA, CacheClass.SPILL)]
+    assert choose_least_loaded(fleet, s) == [(ANY_REPLICA, CacheClass.SPILL)]
+    assert choose_round_robin(fleet, 3, s) == [(ANY_REPLICA, CacheClass.SPILL)]
+
+
+def test_no_usable_replica_means_no_candidates():
+    table, fleet = fleet_of(2)
+    assert choose_affinity(ctx(chain(1)), table.fleet("other")) == []
+    for i in range(2):
+        table.apply(Heartbeat(model=MODEL, replica=f"r{i}", capacity=8, draining=True), 1.0)
+    assert choose_affinity(ctx(chain(1)), fleet) == []
+
+
+def test_a_hot_prefix_spills_and_its_new_holders_are_warm_for_it():
+    """Every request shares a system prompt: it must not all land on one replica."""
+    _, fleet = fleet_of(8, capacity=1000)  # no load samples here: nothing saturates
+    system = (1, 2, 3, 4)
+    counts: dict[str, int] = {}
+    for i in range(400):
+        c = ctx(chain(*system, 1000 + i), tokens=5 * BLOCK_TOKENS, out=64)
+        replica = choose_affinity(c, fleet)[0][0]
+        record_placement(fleet, c, replica)
+        counts[replica] = counts.get(replica, 0) + 1
+    assert sorted(counts) == [f"r{i}" for i in range(8)]
+    assert max(counts.values()) <= 1.3 * 400 / 8
+    matched, shared, _ = fleet.placements.lookup(chain(*system, 5000))
+    assert matched == len(system) and shared == len(system)  # spread: warm everywhere
+
+
+def test_same_view_same_choice_on_every_router():
+    """Two routers fed the same heartbeats and placement records choose alike."""
+    a, b = Policy(DEFAULT_RULES, PrefixMemory()), Policy(DEFAULT_RULES, PrefixMemory())
+    (ta, _), (tb, _) = fleet_of(16), fleet_of(16)
+    rng = random.Random(3)
+    for i in range(500):
+        blocks = [rng.randrange(5)] + [rng.randrange(40) for _ in range(rng.randrange(1, 6))]
+        c = ctx(chain(*blocks), session=rng.choice((0, 0, rng.randrange(1, 30))),
+                out=rng.randrange(1, 500))
+        choice_a = a.choose_replicas(c, MODEL, ta)
+        assert choice_a == b.choose_replicas(c, MODEL, tb)
+        replica = choice_a[0][0]
+        weight = a.placed(c, MODEL, replica, ta)
+        record = PlacementRecord("router-a", MODEL, replica, weight, c.session_hash, c.prefix_hashes)
+        b.apply_placement(record, tb)
+        if i % 50 == 0:  # the same load sample reaches both
+            for r in range(16):
+                n = rng.randrange(10)
+                ta.fleet(MODEL).sample(f"r{r}", n)
+                tb.fleet(MODEL).sample(f"r{r}", n)
+
+
+requests = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # which shared prefix (0: none)
+        st.integers(1, 64),  # prompt blocks
+        st.integers(1, 2000),  # output tokens
+        st.integers(0, 5),  # session (0: none)
+        st.booleans(),  # a load sample arrives before this request
+    ),
+    min_size=1, max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests=requests, replicas=st.integers(1, 12), epsilon=st.sampled_from([0.05, 0.15, 0.5]))
+def test_bounded_load_holds_for_every_choice(requests, replicas, epsilon):
+    """No replica takes work while above (1 + ε) × the mean load (this request included),
+    unless it holds this request's own prefix: then by at most move_cost × what it holds."""
+    _, fleet = fleet_of(replicas, capacity=1000)
+    s = ReplicaSettings(load_epsilon=epsilon)
+    rng = random.Random(len(requests))
+    for n, (shared, blocks, out, session, sample) in enumerate(requests):
+        if sample:
+            for name in fleet.usable:
+                fleet.sample(name, rng.randrange(0, fleet.usable[name].requests + 1))
+        c = ctx(chain(*([shared] * 3 if shared else []), *range(n * 100, n * 100 + blocks)),
+                session=session, out=out)
+        matched, common, _ = fleet.placements.lookup(c.prefix_hashes)
+        before = {name: load.weight for name, load in fleet.usable.items()}
+        mean = (sum(before.values()) + request_weight(c, s, matched)) / len(before)
+        replica, _ = choose_affinity(c, fleet, s)[0]
+        allowance = s.move_cost * (matched - common) * BLOCK_TOKENS
+        assert before[replica] <= (1 + epsilon) * mean + allowance + 1e-6
+        record_placement(fleet, c, replica, s)
+        # The fleet's O(1) aggregates agree with the replicas they summarise.
+        assert fleet.usable_weight == sum(load.weight for load in fleet.usable.values())
+        assert fleet.open_count == sum(load.open for load in fleet.usable.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=st.lists(st.integers(1, 50_000), min_size=10, max_size=300),
+       replicas=st.integers(2, 10))
+def test_without_the_move_allowance_no_replica_ends_above_the_bound(weights, replicas):
+    """New work only, no completions: the final loads stay within (1 + ε) × mean + one request."""
+    _, fleet = fleet_of(replicas, capacity=10_000)
+    s = ReplicaSettings(load_epsilon=0.15, move_cost=0.0, decode_weight=1.0)
+    for i, w in enumerate(weights):
+        c = ctx(chain(i), tokens=w, out=0)
+        record_placement(fleet, c, choose_affinity(c, fleet, s)[0][0], s)
+    loads = [load.weight for load in fleet.usable.values()]
+    mean = sum(loads) / len(loads)
+    assert max(loads) <= 1.15 * mean + max(weights) + s.default_output_tokens
