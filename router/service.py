@@ -32,15 +32,18 @@ from router.deadletter import DeadLetters
 from router.decision_log import DecisionLog
 from router.ingress import DurableIngress
 from router.metrics import RouterMetrics
+from router.moves import QueueMover
 from router.policy import Policy, UnknownModel
 from router.registry import ReplicaTable
+from router.replicas import settings_from
 from router.rules import RulesError, RuleSet, load_rules
 from router.scorer import shared_scorer
 from router.sessions import SessionTable
 from subjects import codec
 from subjects.codec import BadMessage
-from subjects.messages import ChatRequest, ErrorCode, ErrorReply, WorkItem
+from subjects.messages import ChatRequest, ErrorCode, ErrorReply, PlacementRecord, WorkItem
 from subjects.names import (
+    ANY_REPLICA,
     HEADER_MSG_ID,
     HEADER_REPLY,
     ROUTER_QUEUE_GROUP,
@@ -103,12 +106,20 @@ class Router:
         rules = self.rules or load_rules(self.config.rules_path or None, self.scorer.thresholds)
         self.rules = rules
         self.policy = Policy(rules, PrefixMemory(), scorer=self.scorer,
-                             sessions=SessionTable(self.config.session_capacity))
+                             sessions=SessionTable(self.config.session_capacity),
+                             replica_settings=settings_from(self.config))
         self._reload_requested = asyncio.Event()
         self.sighup_installed = False
         self.decision_log = (DecisionLog(self.config.decision_log, rules, time.time())
                              if self.config.decision_log else None)
-        self.table = ReplicaTable(ttl=self.config.replica_ttl)
+        # Replica choice's shared signals: heartbeats (registry), per-subject queue counts
+        # (load samples) and the placement records every router publishes.
+        self.table = ReplicaTable(ttl=self.config.replica_ttl,
+                                  load_from_heartbeats=self.config.load_sample_interval <= 0,
+                                  placement_capacity=self.config.placement_capacity,
+                                  saturation=self.config.saturation)
+        self.router_id = uuid.uuid4().hex[:12]  # names this process's placement records
+        self._moves: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.metrics = RouterMetrics(self.registry)
         self.models = tuple(self.config.models) or tuple(sorted(rules.served_models()))
         self._inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self.config.concurrency * 4)
@@ -143,6 +154,8 @@ class Router:
         kv = await self.js.create_key_value(
             **replica_bucket_config(self.names, self.config.stream_replicas))
         self._watcher = await kv.watchall()
+        self.mover = QueueMover(self.js, self.names)
+        placements = await self.nc.subscribe(self.names.placements)
         self.request_limit = min(self.config.max_request_bytes,
                                  self.nc.max_payload - WORK_ITEM_OVERHEAD_BYTES)
         await self._start_reliability()
@@ -155,6 +168,9 @@ class Router:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._keep_watching_registry(kv), name="registry-watch")
                 tasks.create_task(self._expire_replicas(), name="registry-expire")
+                tasks.create_task(self._apply_placements(placements), name="placements")
+                if self.config.load_sample_interval > 0:
+                    tasks.create_task(self._sample_loads(), name="load-samples")
                 self._install_sighup()
                 tasks.create_task(self._watch_rules(), name="rules-watch")
                 if self.decision_log is not None:
@@ -173,6 +189,9 @@ class Router:
         except* _Stopped:
             pass
         finally:
+            for move in self._moves.values():
+                move.cancel()
+            await asyncio.gather(*self._moves.values(), return_exceptions=True)
             self._stop_sighup()
             if self.decision_log is not None:
                 self.decision_log.flush()
@@ -336,23 +355,91 @@ class Router:
 
     async def _watch_registry(self, watcher: object) -> None:
         async for entry in watcher:  # type: ignore[attr-defined]
-            if entry is None or entry.value is None or entry.operation is not None:
-                continue  # the end-of-history marker, or a delete/purge
+            if entry is None:
+                continue  # the end-of-history marker
+            if entry.operation is not None:  # a delete/purge: the replica deregistered
+                try:
+                    model, replica = self.names.parse_replica_key(entry.key)
+                except BadName:
+                    continue
+                if self.table.remove(model, replica):
+                    log.warning("replica %s/%s deregistered; dropped", model, replica)
+                    self._move_queue(model, replica)
+                continue
+            if entry.value is None:
+                continue
             try:
                 beat = codec.decode_heartbeat(entry.value, entry.key)
             except BadMessage as exc:
                 log.warning("ignoring a bad heartbeat: %s", exc)
                 continue
-            self.table.apply(beat, time.monotonic())
+            if self.table.apply(beat, time.monotonic()):
+                log.info("replica %s/%s is draining; its queue moves to .any", beat.model, beat.replica)
+                self._move_queue(beat.model, beat.replica)
 
     async def _expire_replicas(self) -> None:
         while True:
             now = time.monotonic()
             for model, replica in self.table.expire(now) if now >= self._expire_after else ():
                 log.warning("replica %s/%s stopped heartbeating; dropped", model, replica)
+                self._move_queue(model, replica)
             for model in self.models:
                 self.metrics.replicas_seen(model, [s.beat for s in self.table.live(model).values()])
             await asyncio.sleep(self.config.replica_ttl / 4)
+
+    # ---- replica choice's shared signals and dead replicas ---------------------------
+    def _move_queue(self, model: str, replica: str) -> None:
+        """Start moving a dead or draining replica's queue to .any (one mover per replica)."""
+        key = (model, replica)
+        running = self._moves.get(key)
+        if running is not None and not running.done():
+            return
+
+        def still_gone() -> bool:
+            return not self._stopping.is_set() and replica not in self.table.fleet(model).usable
+
+        async def move() -> None:
+            try:
+                moved = await self.mover.move(model, replica, still_gone, self.config.move_window)
+            except Exception:  # a task root: the next expiry (or a restart) tries again
+                log.exception("moving the queue of %s/%s failed", model, replica)
+                return
+            if moved:
+                log.warning("moved %d queued requests from %s/%s to %s", moved, model, replica,
+                            self.names.work_any(model))
+
+        self._moves[key] = asyncio.get_running_loop().create_task(
+            move(), name=f"move-{model}-{replica}")
+
+    async def _apply_placements(self, sub: Any) -> None:
+        """Apply every other router's placement records: one shared map of warm caches."""
+        async for msg in sub.messages:
+            try:
+                record = codec.decode_placement(msg.data, msg.subject)
+            except BadMessage as exc:
+                log.warning("ignoring a bad placement record: %s", exc)
+                continue
+            if record.router != self.router_id:
+                self.policy.apply_placement(record, self.table)
+
+    async def _sample_loads(self) -> None:
+        """Read each work stream's per-subject counts: every replica's queued + in-service work."""
+        assert self.js is not None
+        while True:
+            await asyncio.sleep(self.config.load_sample_interval)
+            for model in self.models:
+                fleet = self.table.fleet(model)
+                if not fleet.members:
+                    continue
+                try:
+                    info = await self.js.stream_info(self.names.work_stream(model),
+                                                     subjects_filter=self.names.work_wildcard(model))
+                except Exception as exc:  # reconnecting: the next sample will do
+                    log.debug("load sample of %s failed: %s", model, exc)
+                    continue
+                counts = info.state.subjects or {}
+                for replica in list(fleet.members):
+                    fleet.sample(replica, counts.get(self.names.work(model, replica), 0))
 
     # ---- one request -----------------------------------------------------------------
     async def handle(self, msg: Msg) -> None:
@@ -462,6 +549,7 @@ class Router:
                     f"{DEDUP_WINDOW_SECONDS:.0f}s); its replies go to the first requester. "
                     "A retry of your own request: keep waiting. Otherwise: use another id"))
             self.metrics.decided(choice.model, choice.task_class.name.lower(), choice.path, cache_class)
+            await self._placed(ctx, choice.model, replica)
             if self.decision_log is not None:
                 self.decision_log.record(now, ctx, choice, replica)
             self.metrics.hop_seconds.observe(time.perf_counter() - received)
@@ -470,6 +558,13 @@ class Router:
         raise Rejected(ErrorCode.OVERLOADED, (
             f"every queue for model {choice.model!r} is full "
             f"({len(candidates)} tried); retry later"))
+
+    async def _placed(self, ctx: Any, model: str, replica: str) -> None:
+        """Record the placement here and tell every other router (core NATS, no ack)."""
+        weight = self.policy.placed(ctx, model, replica, self.table)
+        if replica != ANY_REPLICA and self.nc is not None:
+            await self.nc.publish(self.names.placements, codec.encode_placement(PlacementRecord(
+                self.router_id, model, replica, weight, ctx.session_hash, ctx.prefix_hashes)))
 
     async def _reply_error(self, reply: str, request_id: str, code: ErrorCode, message: str) -> None:
         self.rejected += 1

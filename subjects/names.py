@@ -20,6 +20,10 @@ HEADER_REQUEST_ID = "Slm-Request-Id"
 HEADER_DEAD_STREAM = "Slm-Dead-Stream"
 HEADER_DEAD_SEQUENCE = "Slm-Dead-Sequence"
 HEADER_DEAD_REASON = "Slm-Dead-Reason"
+# Set on work a router moved off a dead replica's queue after that replica had been given
+# it: the first attempt may have streamed, so the worker should flag its first chunk
+# ``restarted`` (as it does for a JetStream redelivery) for the client to reset.
+HEADER_RESTARTED = "Slm-Restarted"
 
 # JetStream's own advisory when a message used up its consumer's max_deliver.
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"

@@ -1,0 +1,137 @@
+"""The registry on a real nats-server: dead and draining replicas, placement records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fabric.client import chat
+from router.context import PREFIX_BLOCK_CHARS
+from subjects import codec
+from subjects.messages import Heartbeat
+from subjects.settings import replica_bucket_config, work_consumer_config
+from tests.conftest import wait_until
+
+MODEL = "general"
+
+
+@contextlib.asynccontextmanager
+async def ghost(client, name: str = "ghost", *, draining: asyncio.Event | None = None
+                ) -> AsyncIterator[asyncio.Event]:
+    """A replica that heartbeats (and has its own durable consumer) but never pulls.
+
+    Set the yielded event to stop its heartbeats (it "dies"); set ``draining`` to make
+    it announce that it is draining.
+    """
+    names = client.names
+    js = client.nc.jetstream()
+    kv = await js.create_key_value(**replica_bucket_config(names))
+    stream = names.work_stream(MODEL)
+    await wait_until(lambda: True)
+    for _ in range(100):  # the router creates the stream at start
+        try:
+            await js.stream_info(stream)
+            break
+        except Exception:
+            await asyncio.sleep(0.05)
+    await js.add_consumer(stream, **work_consumer_config(
+        names.replica_consumer(MODEL, name), names.work(MODEL, name), 100))
+    dead = asyncio.Event()
+
+    async def beat() -> None:
+        while not dead.is_set():
+            hb = Heartbeat(model=MODEL, replica=name, capacity=100, warm=True,
+                           draining=draining is not None and draining.is_set())
+            await kv.put(names.replica_key(MODEL, name), codec.encode_heartbeat(hb))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(dead.wait(), 0.2)
+
+    task = asyncio.ensure_future(beat())
+    try:
+        yield dead
+    finally:
+        dead.set()
+        await task
+
+
+async def queued_on(client, replica: str) -> int:
+    info = await client.nc.jetstream().stream_info(
+        client.names.work_stream(MODEL), subjects_filter=client.names.work(MODEL, replica))
+    return (info.state.subjects or {}).get(client.names.work(MODEL, replica), 0)
+
+
+async def queue_requests_on_ghost(fabric, client, count: int) -> list[asyncio.Future]:
+    answers = [asyncio.ensure_future(client.complete(
+        chat(f"Tell me about the sea, part {i}.", model=MODEL, max_tokens=4, id=f"req-{i}"),
+        timeout=30)) for i in range(count)]
+    for _ in range(200):
+        if await queued_on(client, "ghost") == count:
+            break
+        await asyncio.sleep(0.05)
+    assert await queued_on(client, "ghost") == count
+    return answers
+
+
+@pytest.mark.parametrize("routers", [1, 2])
+async def test_a_dead_replicas_queued_work_is_moved_and_served(fabric, client, routers):
+    for _ in range(routers):
+        await fabric.router(replica_ttl=1.0)
+    async with ghost(client) as dead:
+        await fabric.wait_for_replicas(1)
+        answers = await queue_requests_on_ghost(fabric, client, 12)
+        worker = await fabric.worker(MODEL, "r1")
+        await fabric.wait_for_replicas(2)
+        assert not any(a.done() for a in answers)  # waiting on the ghost, which never pulls
+        dead.set()  # its heartbeats stop: dropped within the TTL, its queue moved to .any
+        done = await asyncio.wait_for(asyncio.gather(*answers), 30)
+    assert sorted(a.request_id for a in done) == sorted(f"req-{i}" for i in range(12))
+    assert {a.replica for a in done} == {"r1"}
+    assert all(a.finish_reason == "length" and a.restarts == 0 for a in done)
+    # Moved once even with several routers moving at the same time: served once each.
+    await wait_until(lambda: worker.completed == 12)
+    await asyncio.sleep(0.3)
+    assert worker.completed == 12
+    assert await queued_on(client, "ghost") == 0
+    assert sum(r.mover.moved for r in fabric.routers) >= 12
+
+
+async def test_a_draining_replica_gets_no_new_work_and_its_queue_moves_at_once(fabric, client):
+    router = await fabric.router()  # default TTL: the move must not wait for expiry
+    draining = asyncio.Event()
+    async with ghost(client, draining=draining):
+        await fabric.wait_for_replicas(1)
+        answers = await queue_requests_on_ghost(fabric, client, 6)
+        await fabric.worker(MODEL, "r1")
+        await fabric.wait_for_replicas(2)
+        draining.set()
+        await wait_until(lambda: "ghost" not in router.table.fleet(MODEL).usable, 5)
+        done = await asyncio.wait_for(asyncio.gather(*answers), 20)
+        assert {a.replica for a in done} == {"r1"}
+        # A session that was on the ghost is not sent back there while it drains.
+        later = await client.complete(chat("And the moon?", model=MODEL, max_tokens=2,
+                                           session_id="s-ghost"), timeout=10)
+        assert later.replica == "r1"
+        assert "ghost" in router.table.live(MODEL)  # still alive, only draining
+
+
+async def test_routers_share_placements_so_a_prefix_sticks_across_routers(fabric, client):
+    first = await fabric.router()
+    second = await fabric.router()
+    for replica in ("r0", "r1", "r2", "r3"):
+        await fabric.worker(MODEL, replica)
+    await fabric.wait_for_replicas(4)
+    document = "A long shared document. " * (3 * PREFIX_BLOCK_CHARS // 24)
+    answer = await client.complete(chat(document + "Question one?", model=MODEL, max_tokens=2),
+                                   timeout=10)
+    # Both routers learn where it went (one decided, the other applied its record) ...
+    for router in (first, second):
+        await wait_until(lambda r=router: r.table.fleet(MODEL).placements.lookup(
+            r.policy.context(chat(document + "Question two?")).prefix_hashes)[0] >= 2)
+    # ... so the next question about it lands on the same replica whichever router takes it.
+    for i in range(6):
+        again = await client.complete(chat(document + f"Question {i}?", model=MODEL,
+                                           max_tokens=2), timeout=10)
+        assert again.replica == answer.replica
