@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test lint typecheck bench clean vllm-venv test-vllm bench-engine up-vllm ops-check bench-decision bench-tokens train-scorer
+.PHONY: help venv demo test lint typecheck bench clean vllm-venv test-vllm bench-engine up-vllm ops-check bench-decision bench-tokens train-scorer bench-replay
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ lint: $(STAMP)  ## ruff and mypy
 bench: $(STAMP)  ## run the benchmarks; results go to bench/results.md
 	$(PY) -m bench.router_hop
 	$(PY) -m bench.decision
+	$(PY) -m bench.replay
+	$(MAKE) bench-engine
+
+bench-replay: $(STAMP)  ## replica choice: Mooncake + hot-tenant replay, every policy, 1 and 3 routers
+	$(PY) -m bench.replay
 
 bench-decision: $(STAMP)  ## decision time by stage (context, model, replica) and the sticky bounce rate
 	$(PY) -m bench.decision

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "router": "fabric.commands.router",
     "worker": "fabric.commands.worker",
     "nats-config": "fabric.commands.nats_config",
+    "replay": "fabric.commands.replay",
     "train-scorer": "fabric.commands.train_scorer",
     "classify": "fabric.commands.classify",
     "replay-decisions": "fabric.commands.replay_decisions",
