@@ -32,14 +32,14 @@ from bench.results import machine, percentile, write_section
 from fabric.replay import simulate
 from fabric.replay.live import LiveResult, drive, start_fabric
 from fabric.replay.simulate import POLICIES, ReplayConfig, ReplayResult, replay, saturation_speed
-from fabric.replay.trace import BlockText, HotTenant, chat_request, hot_tenant_trace, read_trace
+from fabric.replay.trace import BlockText, HotTenant, TraceRecord, chat_request, hot_tenant_trace, read_trace
 from router.replicas import choose_affinity
 
 TRACE = Path(__file__).resolve().parents[1].parent / "shared/data/traces/mooncake_conversation.jsonl"
 COMMAND = "python -m bench.replay"
 
 
-def run_workload(name: str, records: list, base: ReplayConfig) -> tuple[float, dict[str, ReplayResult]]:
+def run_workload(name: str, records: list[TraceRecord], base: ReplayConfig) -> tuple[float, dict[str, ReplayResult]]:
     print(f"{name}: {len(records)} requests; calibrating the speed …", file=sys.stderr, flush=True)
     speed = saturation_speed(records, base)
     print(f"{name}: speed {speed:.3f} (round-robin's highest without spilling)", file=sys.stderr)
@@ -79,7 +79,7 @@ def ratios(results: dict[str, ReplayResult]) -> str:
     return "; ".join(lines[:2]) + ". " + lines[2] + ". " + lines[3] + "."
 
 
-def choice_times(records: list, sizes: tuple[int, ...], per_replica_speed: float) -> dict[int, tuple[float, float]]:
+def choice_times(records: list[TraceRecord], sizes: tuple[int, ...], per_replica_speed: float) -> dict[int, tuple[float, float]]:
     """p50/p99 (µs) of choose_affinity at each fleet size, on a realistic router state."""
     captured: dict[str, simulate._SimRouter] = {}
     original = simulate._SimRouter.__init__
@@ -116,7 +116,7 @@ def choice_times(records: list, sizes: tuple[int, ...], per_replica_speed: float
     return out
 
 
-async def live_runs(records: list, speed: float, replicas: int, cache_blocks: int) -> dict[str, LiveResult]:
+async def live_runs(records: list[TraceRecord], speed: float, replicas: int, cache_blocks: int) -> dict[str, LiveResult]:
     out = {}
     for routers in (1, 3):
         async with start_fabric(replicas=replicas, routers=routers, cache_blocks=cache_blocks) as client:
