@@ -46,7 +46,7 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     session_capacity: int = 100_000  # sessions the sticky-session table remembers (LRU)
     decision_log: str = ""  # append every decision to this file (router.decision_log); "" = off
     # ---- replica choice (router.replicas; defaults from the offline replay) -------------
-    load_epsilon: float = 0.15  # no replica above (1 + this) × the mean load …
+    load_epsilon: float = 0.1  # no replica above (1 + this) × the mean load …
     move_cost: float = 4.0  # … except by this × the prompt tokens of the request it holds
     decode_weight: float = 32.0  # prompt-token equivalents of one output token in a load
     load_cost: float = 0.01  # a candidate's cost: tokens to prefill + this × its load

@@ -30,15 +30,17 @@ class ReplicaLoad:
     from its heartbeat × the fleet's saturation factor), kept here for the same reason.
     """
 
-    __slots__ = ("_base", "_cum", "_oldest", "limit", "requests", "weight")
+    __slots__ = ("_base", "_cum", "_oldest", "limit", "name", "requests", "usable", "weight")
 
-    def __init__(self, limit: float = 2.0) -> None:
+    def __init__(self, limit: float = 2.0, name: str = "") -> None:
         self._cum: deque[int] = deque([0])  # cumulative weight after each placement
         self._base = 0  # placement index of _cum[0]
         self._oldest = 0  # index of the oldest placement still outstanding
         self.weight = 0
         self.requests = 0
         self.limit = limit
+        self.name = name
+        self.usable = True  # alive and not draining (kept by router.registry.Fleet)
 
     @property
     def open(self) -> bool:

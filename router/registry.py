@@ -53,7 +53,7 @@ class Fleet:
         self.open_count = 0
         self.placements = PlacementMemory(placement_capacity, fanout)
         self._vnodes = vnodes
-        self._ring: HashRing | None = None
+        self._ring: HashRing[ReplicaLoad] | None = None
         self._placed_weight = 0
         self._placed_count = 0
 
@@ -64,7 +64,7 @@ class Fleet:
         state = self.members.get(name)
         newly_draining = beat.draining and (state is None or not state.beat.draining)
         if state is None:
-            state = self.members[name] = ReplicaState(beat, now, ReplicaLoad())
+            state = self.members[name] = ReplicaState(beat, now, ReplicaLoad(name=name))
             self._ring = None
         else:
             state.beat = beat
@@ -78,6 +78,7 @@ class Fleet:
         elif name not in self.usable:
             self.usable[name] = load
             self.usable_weight += load.weight
+        load.usable = not beat.draining
         self.open_count += (name in self.usable and load.open) - was_open
         return newly_draining
 
@@ -88,14 +89,17 @@ class Fleet:
         if self.usable.pop(replica, None) is not None:
             self.usable_weight -= state.load.weight
             self.open_count -= state.load.open
+        state.load.usable = False
         self._ring = None
         return True
 
     @property
-    def ring(self) -> HashRing:
-        """Every member, draining or not: a replica that drains keeps its ring positions."""
+    def ring(self) -> HashRing[ReplicaLoad]:
+        """Every member, draining or not (a replica that drains keeps its ring positions);
+        its successors are the members' load objects (``.name``, ``.usable``, …)."""
         if self._ring is None:
-            self._ring = HashRing(self.members, self._vnodes)
+            members = self.members
+            self._ring = HashRing(members, self._vnodes, resolve=lambda name: members[name].load)
         return self._ring
 
     @property

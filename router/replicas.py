@@ -57,7 +57,7 @@ class ReplicaSettings(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     # No replica's outstanding load may exceed (1 + epsilon) × the fleet mean …
-    load_epsilon: float = 0.15
+    load_epsilon: float = 0.1
     # … except by move_cost × the prompt tokens of this request it already holds.
     move_cost: float = 4.0
     # Prompt-token equivalents of one output token in a request's weight.
@@ -144,11 +144,11 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
     key = hashes[matched if matched < len(hashes) else -1] if hashes else ctx.session_hash
     wanted = settings.ring_choices
     cold = prompt - common * BLOCK_TOKENS
-    for name in fleet.ring.successors(key, settings.max_walk):
-        if name in warm:
+    for load in fleet.ring.successors(key, settings.max_walk):
+        if not load.usable or load.requests >= load.limit or load.weight > bound:
             continue
-        load = usable.get(name)
-        if load is None or load.requests >= load.limit or load.weight > bound:
+        name = load.name
+        if warm and name in warm:
             continue
         cost = cold + load_cost * load.weight
         if cost < c1 or (cost == c1 and name < n1):

@@ -14,7 +14,8 @@ they agree on where a new prefix goes without talking to each other.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 import xxhash
 
@@ -25,26 +26,35 @@ TABLE_BITS = 12
 _MASK = (1 << 64) - 1
 
 
+T = TypeVar("T")
+
+
 def point(replica: str, vnode: int) -> int:
     return xxhash.xxh3_64_intdigest(replica.encode(), vnode)
 
 
-class HashRing:
-    """Immutable: build a new ring when the set of replicas changes."""
+class HashRing(Generic[T]):
+    """Immutable: build a new ring when the set of replicas changes.
 
-    __slots__ = ("_owners", "_points", "_shift", "_table", "size")
+    ``resolve`` turns a replica's name into what ``successors`` lists for it (the name
+    itself by default; the router lists each replica's live load object, so a candidate
+    costs no dict lookup).
+    """
+
+    __slots__ = ("_owners", "_points", "_resolve", "_shift", "_table", "size")
 
     def __init__(self, replicas: Iterable[str], vnodes: int = VNODES,
-                 table_bits: int = TABLE_BITS) -> None:
+                 table_bits: int = TABLE_BITS, resolve: Callable[[str], T] | None = None) -> None:
         pairs = sorted((point(r, v), r) for r in set(replicas) for v in range(vnodes))
         self._points = [p for p, _ in pairs]
         self._owners = [r for _, r in pairs]
         self.size = len(set(self._owners))
         self._shift = 64 - table_bits
+        self._resolve: Callable[[str], T] = resolve or (lambda name: name)  # type: ignore[assignment,return-value]
         # slice -> its walk, built lazily (``fill`` builds it all at once)
-        self._table: list[tuple[str, ...] | None] = [None] * (1 << table_bits)
+        self._table: list[tuple[T, ...] | None] = [None] * (1 << table_bits)
 
-    def fill(self, count: int) -> HashRing:
+    def fill(self, count: int) -> HashRing[T]:
         """Build every slice's walk now, so no request pays for one (a few ms per 1,000
         slices; done once per membership change)."""
         for slot in range(len(self._table)):
@@ -68,15 +78,16 @@ class HashRing:
                 if len(seen) == self.size:
                     return
 
-    def successors(self, key: int, count: int) -> tuple[str, ...]:
+    def successors(self, key: int, count: int) -> tuple[T, ...]:
         """The first ``count`` replicas met walking from the start of ``key``'s slice."""
         slot = (key & _MASK) >> self._shift
         cached = self._table[slot]
         if cached is not None and (len(cached) >= count or len(cached) == self.size):
             return cached[:count] if len(cached) > count else cached
-        found: list[str] = []
+        found: list[T] = []
+        resolve = self._resolve
         for owner in self.walk(slot << self._shift):
-            found.append(owner)
+            found.append(resolve(owner))
             if len(found) >= count:
                 break
         result = tuple(found)
