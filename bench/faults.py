@@ -152,9 +152,9 @@ async def settle_replies(seconds: float = 0.3) -> None:
 
 
 def requests_for(tag: str, n: int, max_tokens: int) -> list[ChatRequest]:
-    # A session each, so affinity routing spreads them over the replicas (one shared
-    # prompt prefix alone could send them all to one replica).
-    return [chat(f"Tell me something about topic {tag} number {i}.", model=MODEL,
+    # A session each and a distinct start, so affinity routing spreads them over the
+    # replicas (a shared prompt prefix sends them where that prefix was placed).
+    return [chat(f"{tag}-{i}: tell me something about this topic.", model=MODEL,
                  max_tokens=max_tokens, id=f"{tag}-{i}", user=f"{tag}-{i}") for i in range(n)]
 
 
@@ -281,10 +281,12 @@ async def scenario(server: NatsServer | None = None) -> Any:
 
 async def worker_kill(n: int = 300, replicas: int = 3, max_tokens: int = 30,
                       timeout: float = 60.0) -> Row:
-    """SIGKILL one of three replicas while a few hundred requests stream."""
+    """SIGKILL the busiest of three replicas while a few hundred requests stream."""
     row = Row("worker SIGKILL mid-generation",
-              "its un-acked work is redelivered after ack_wait to the surviving replicas; the "
-              "client discards the partial answer (restarted) and gets one complete answer")
+              "its un-acked work comes back (its own queue moved to .any by the router once "
+              "its heartbeat stops, .any work redelivered after ack_wait) to the surviving "
+              "replicas; the client discards the partial answer (restarted) and gets one "
+              "complete answer")
     async with scenario() as (_, fleet, client, admin, spy):
         ack_wait = 2.0
         bound = n
@@ -295,18 +297,39 @@ async def worker_kill(n: int = 300, replicas: int = 3, max_tokens: int = 30,
         await wait_for(lambda: replicas_up(admin, fleet.names, replicas), 60, "replicas")
         await wait_for(lambda: served(client), 60, "the fabric to answer")
         requests = requests_for("wk", n, max_tokens)
-        sending = asyncio.ensure_future(send_all(client, requests, row, spy, timeout=timeout))
-        await wait_for(_async(lambda: spy.streaming_on("r0") >= n // (2 * replicas)), 60,
-                       "r0 to be streaming")
+        progress = {"sent": 0}
+        sending = asyncio.ensure_future(paced(client, requests, row, spy, progress, timeout=timeout))
+        await wait_for(_async(lambda: progress["sent"] == n), 60, "everything sent")
+        names = [f"r{r}" for r in range(replicas)]
+        await wait_for(_async(lambda: max(spy.streaming_on(r) for r in names) >= n // (3 * replicas)),
+                       60, "a replica to be streaming")
+        victim = max(names, key=spy.streaming_on)
         row.facts["in_flight_at_kill"] = sum(1 for r in requests if not spy.finals[r.id or ""])
-        row.facts["streaming_on_killed"] = spy.streaming_on("r0")
-        fleet.kill("r0")
+        row.facts["streaming_at_kill"] = {r: spy.streaming_on(r) for r in names}
+        row.facts["streaming_on_killed"] = spy.streaming_on(victim)
+        fleet.kill(victim)
         killed_at = time.perf_counter()
         await sending
         row.facts["all_done_after_kill_s"] = round(time.perf_counter() - killed_at, 2)
         row.facts["restarted"] = sum(1 for r in requests if spy.starts[r.id or ""] > 1)
         row.facts["ack_wait_s"] = ack_wait
     return row
+
+
+async def paced(client: Client, requests: list[ChatRequest], row: Row, spy: Spy,
+                progress: dict[str, int], batch: int = 10, gap: float = 0.02,
+                **options: Any) -> dict[str, float]:
+    """Send in batches of ``batch`` every ``gap`` seconds (a steady arrival, not one wave)."""
+    tasks = []
+    for i in range(0, len(requests), batch):
+        tasks.append(asyncio.ensure_future(send_all(client, requests[i:i + batch], row, spy,
+                                                    **options)))
+        progress["sent"] = min(i + batch, len(requests))
+        await asyncio.sleep(gap)
+    merged: dict[str, float] = {}
+    for part in await asyncio.gather(*tasks):
+        merged.update(part)
+    return merged
 
 
 def _async(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
@@ -330,28 +353,15 @@ async def router_kill(n: int = 300, max_tokens: int = 10) -> Row:
         for _ in range(10):  # both routers up: the queue group has two members
             await wait_for(lambda: served(client), 60, "the fabric to answer")
         requests = requests_for("rk", n, max_tokens)
-        sent = 0
-
-        async def paced() -> dict[str, float]:
-            # A steady stream (~300/s) so the kill lands while requests are in flight.
-            nonlocal sent
-            tasks = []
-            for i in range(0, n, 10):
-                tasks.append(asyncio.ensure_future(send_all(
-                    client, requests[i:i + 10], row, spy, timeout=30.0, retry_after=1.0)))
-                sent = i + 10
-                await asyncio.sleep(0.03)
-            merged: dict[str, float] = {}
-            for part in await asyncio.gather(*tasks):
-                merged.update(part)
-            return merged
-
-        sending = asyncio.ensure_future(paced())
-        await wait_for(_async(lambda: sent >= n // 3), 30, "a third of the load")
+        progress = {"sent": 0}
+        # ~300 requests/s, so the freeze and the kill land while requests arrive.
+        sending = asyncio.ensure_future(paced(client, requests, row, spy, progress, gap=0.03,
+                                              timeout=30.0, retry_after=1.0))
+        await wait_for(_async(lambda: progress["sent"] >= n // 3), 30, "a third of the load")
         # Freeze it first, so the kill lands while it holds requests (taken from the
         # queue group, not yet routed): a router that hangs, then crashes.
         fleet.freeze("router-a")
-        await wait_for(_async(lambda: sent >= 2 * n // 3), 30, "another third")
+        await wait_for(_async(lambda: progress["sent"] >= 2 * n // 3), 30, "another third")
         fleet.kill("router-a")
         await sending
         row.duplicated = sum(1 for r in requests if spy.terminal(r.id or "") > 1)

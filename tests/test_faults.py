@@ -21,11 +21,6 @@ def assert_nothing_lost(row: faults.Row) -> None:
     assert row.answered + sum(row.errored.values()) == row.sent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs issue 4 item 1: when a replica stops heartbeating, the messages on its own "
-    "subject (queued and un-acked in flight) must be moved to the model's .any subject. "
-    "Until then the killed replica's sticky work waits forever (the .any part is redelivered "
-    "after ack_wait and completes). Remove this marker when that lands."))
 async def test_worker_sigkill_mid_generation_redelivers_to_another_replica():
     row = await faults.worker_kill(n=240, replicas=3, timeout=20.0)
     assert_nothing_lost(row)
