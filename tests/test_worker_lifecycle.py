@@ -59,6 +59,11 @@ async def test_the_replica_reports_nothing_until_a_warm_up_request_has_run(fabri
     assert not start.done()
     engine.gate.set()
     worker = await start
+
+    async def first_beat() -> bool:
+        return bool(await kv.get(client.names.replica_key("general", "r0")))
+
+    await wait_until_async(first_beat, 10)  # the first heartbeat follows the warm-up
     entry = await kv.get(client.names.replica_key("general", "r0"))
     beat = codec.decode_heartbeat(entry.value)
     assert beat.warm and not beat.draining and worker.warm

@@ -206,26 +206,42 @@ class Worker:
         return min(self._free_slots(), self.config.fetch_batch)
 
     async def _pull_loop(self) -> None:
-        """Own subject first, then .any; linger on the own subject only when both are empty."""
-        while not self._stopping.is_set() and self._dead is None:
-            if self._free_slots() <= 0:
-                self._slot_freed.clear()
+        """Own subject first, then .any; when both are empty, linger on both at once.
+
+        Lingering on both (credits split between them) means work spilled to ``.any``
+        starts as soon as it lands instead of at the next poll, and it cannot jump ahead
+        of sticky work: the lingering starts only once both queues were found empty.
+        """
+        lingering: set[asyncio.Task[object]] = set()
+        try:
+            while not self._stopping.is_set() and self._dead is None:
                 if self._free_slots() <= 0:
-                    await self._slot_freed.wait()
-                continue
-            got = 0
-            if not self.own.lingering:
-                got += (await self.own.pull(self._pull_size())).received
-            if self._free_slots() > 0:
-                got += (await self.any.pull(self._pull_size())).received
-            if got or self._free_slots() <= 0:
-                continue
-            if not self.own.lingering:
-                await self.own.pull(self._pull_size(), expires=self.config.idle_poll,
-                                    wait_for_first=True)
-            else:
+                    self._slot_freed.clear()
+                    if self._free_slots() <= 0:
+                        await self._slot_freed.wait()
+                    continue
+                got = 0
+                if not self.own.lingering:
+                    got += (await self.own.pull(self._pull_size())).received
+                if self._free_slots() > 0 and not self.any.lingering:
+                    got += (await self.any.pull(self._pull_size())).received
+                if got or self._free_slots() <= 0:
+                    continue
+                free = self._free_slots()
+                for puller, share in ((self.own, free - free // 2), (self.any, free // 2)):
+                    if share > 0 and not puller.lingering:
+                        lingering.add(asyncio.ensure_future(puller.pull(
+                            min(share, self.config.fetch_batch), expires=self.config.idle_poll,
+                            wait_for_first=True)))
                 self._slot_freed.clear()
-                await wait_event(self._slot_freed, self.config.idle_poll)
+                waiter = asyncio.ensure_future(self._slot_freed.wait())
+                done, _ = await asyncio.wait({*lingering, waiter}, timeout=self.config.idle_poll,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                lingering -= done
+        finally:
+            for task in lingering:
+                task.cancel()
 
     def _on_message(self, msg: Msg) -> None:
         loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ import time
 
 import uvloop
 
-from fabric.client import Client
+from fabric.client import Client, chat
 from fabric.demo import run_demo, summary_table
 from fabric.local import NatsServer, ProcessGroup, component_command
 from router.rules import DEFAULT_MODELS
@@ -104,6 +104,11 @@ async def _serve(args: argparse.Namespace, url: str, server: NatsServer | None,
         print(f"slm-fabric up: {where}")
         for label, proc in group.processes:
             print(f"  {label:<22} pid {proc.pid}")
+        if args.engine == "vllm":  # real text from the real model, before any demo load
+            question = "What is the capital of France?"
+            answer = await client.complete(chat(question, model=MODELS[-1], max_tokens=32), timeout=300)
+            print(f"  {question} → {answer.text.strip()!r}  (SmolLM2-135M via vLLM, "
+                  f"{answer.completion_tokens} tokens)")
         if args.demo:
             result = await run_demo(client, args.demo, args.concurrency)
             print(summary_table(result))
