@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -119,7 +119,7 @@ class Client:
 
     async def stream(self, request: ChatRequest, *, timeout: float = 60.0,
                      retry_after: float = DEFAULT_RETRY_AFTER, retries: int = DEFAULT_RETRIES,
-                     durable: bool = False) -> AsyncIterator[Chunk]:
+                     durable: bool = False) -> AsyncGenerator[Chunk, None]:
         """Yield reply chunks until the final one; raise FabricError on an error reply.
 
         ``timeout`` bounds the silence before each next reply, not the whole answer.
