@@ -440,7 +440,7 @@ async def durable_ingress(n: int = 100, max_tokens: int = 5) -> Row:
 
 
 async def overload(replicas: int = 2, slots: int = 8, bound: int = 8, bursts: int = 3,
-                   max_tokens: int = 20) -> Row:
+                   max_tokens: int = 100) -> Row:
     """A burst of 10× what the fleet holds (slots + queue room), several times over."""
     capacity = replicas * (slots + bound) + bound  # in flight + sticky queues + .any
     burst = 10 * capacity

@@ -65,7 +65,7 @@ async def test_durable_ingress_serves_requests_published_while_no_router_ran():
 
 
 async def test_burst_is_shed_at_once_and_queues_stay_bounded():
-    row = await faults.overload(bursts=2, max_tokens=40)
+    row = await faults.overload(bursts=2)
     f = row.facts
     assert_nothing_lost(row)
     assert set(row.errored) == {ErrorCode.OVERLOADED.value}
