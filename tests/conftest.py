@@ -11,6 +11,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import importlib.util
+
 import pytest
 
 from fabric.client import Client
@@ -20,6 +22,11 @@ from router.service import Router
 from workers.config import WorkerConfig
 from workers.sim_engine import SimEngine, SimParams
 from workers.worker import Worker
+
+
+# The real-vLLM suite needs vLLM and its stack (the .venv-vllm of `make test-vllm`);
+# the default venv does not even collect it.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 
 
 @pytest.fixture(scope="module")
