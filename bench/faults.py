@@ -88,6 +88,7 @@ class Spy:
         self.starts: Counter[str] = Counter()  # chunks with seq 0: one per attempt that spoke
         self.errors: defaultdict[str, list[str]] = defaultdict(list)
         self.replicas: defaultdict[str, set[str]] = defaultdict(set)
+        self.flagged: Counter[str] = Counter()  # chunks the worker marked restarted
         self._sub: Any = None
 
     async def start(self, nc: nats.NATS, inbox_prefix: str) -> None:
@@ -104,6 +105,8 @@ class Spy:
             return
         if reply.seq == 0:
             self.starts[rid] += 1
+        if reply.restarted:
+            self.flagged[rid] += 1
         self.replicas[rid].add(reply.replica)
         if reply.final:
             self.finals[rid] += 1
@@ -313,6 +316,8 @@ async def worker_kill(n: int = 300, replicas: int = 3, max_tokens: int = 100,
         await sending
         row.facts["all_done_after_kill_s"] = round(time.perf_counter() - killed_at, 2)
         row.facts["restarted"] = sum(1 for r in requests if spy.starts[r.id or ""] > 1)
+        # ... of which the worker flagged the new first chunk (else the client inferred it)
+        row.facts["restarted_flagged"] = sum(1 for r in requests if spy.flagged[r.id or ""])
         row.facts["ack_wait_s"] = ack_wait
     return row
 

@@ -8,6 +8,8 @@ every reply sent to the clients' inboxes.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bench import faults
@@ -21,14 +23,29 @@ def assert_nothing_lost(row: faults.Row) -> None:
     assert row.answered + sum(row.errored.values()) == row.sent
 
 
-async def test_worker_sigkill_mid_generation_redelivers_to_another_replica():
-    row = await faults.worker_kill(n=240, replicas=3, timeout=20.0)
+@pytest.fixture(scope="module")
+def worker_kill() -> faults.Row:
+    """One run for the tests below (a fresh event loop: the scenario owns its processes)."""
+    return asyncio.run(faults.worker_kill(n=240, replicas=3, timeout=20.0))
+
+
+def test_worker_sigkill_mid_generation_redelivers_to_another_replica(worker_kill):
+    row = worker_kill
     assert_nothing_lost(row)
     assert row.answered == row.sent, row.errored
     assert row.facts["streaming_on_killed"] > 0  # the kill hit work in progress
     # Those it hit started again elsewhere; the client kept one complete answer each.
     assert row.facts["restarted"] >= row.facts["streaming_on_killed"]
     assert row.duplicated == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "workers/worker.py must flag the first chunk `restarted` for work that carries the "
+    "Slm-Restarted header (router/moves.py sets it on work moved off a dead replica); it "
+    "flags only JetStream redeliveries. The client infers the restart meanwhile (seq back "
+    "to 0), so nothing is lost. Remove this marker when the worker reads the header."))
+def test_work_moved_off_a_dead_replica_is_flagged_restarted(worker_kill):
+    assert worker_kill.facts["restarted_flagged"] >= worker_kill.facts["restarted"]
 
 
 async def test_router_sigkill_clients_retry_and_each_request_runs_once():
