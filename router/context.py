@@ -134,7 +134,7 @@ class LexiconLane(enum.IntEnum):
     CRIME_VERB = 27  # "steal", "hack", "smuggle": harmful aimed at nearly anything
 
 
-LANE_BITS_LEXICON = 8  # a lexicon lane counts words: at most 255 in WINDOW_BYTES
+LANE_BITS_LEXICON = 8  # a lexicon lane counts a list's distinct words: under 256 (both bounds below)
 LEXICON_LANES = len(LexiconLane)
 LEXICON_BITS = LANE_BITS_LEXICON * LEXICON_LANES
 if WINDOW_BYTES // 3 + 1 >= 1 << LANE_BITS_LEXICON:
@@ -288,6 +288,8 @@ def lexicon_table() -> dict[bytes | tuple[bytes, bytes], int]:
     """Word → its lexicon lanes as one int (a 1 in the count lane of every list it is on)."""
     table: dict[bytes | tuple[bytes, bytes], int] = {}
     for lane, words in LEXICON.items():
+        if len(words) >= 1 << LANE_BITS_LEXICON:  # a lane counts distinct words of its list
+            raise ValueError(f"lexicon {lane.name} has {len(words)} words; a lane holds at most 255")
         for word in words:
             if len(word) < 2:  # see WINDOW_BYTES: a lane must not count past 255
                 raise ValueError(f"lexicon word {word!r} is shorter than two letters")
@@ -319,15 +321,16 @@ class TextView(NamedTuple):
 
     ``words`` are the lowercased word tokens of the scan window in order (bytes; a word
     cut by the window's edge may hold part of a UTF-8 character). ``lanes`` are the
-    lexicon counts and then the class sums of the window's words and bigrams, read with
-    the table the view was made with (class sums are 0 without a scorer).
+    lexicon counts (of distinct words) and then the class sums of the window's distinct
+    words and its bigrams, read with the table the view was made with (class sums are 0
+    without a scorer).
     """
 
     chars: int  # characters in the whole prompt
     utf8: bytes  # the whole prompt, UTF-8 (prefix hashes are taken over these bytes)
     window: bytes  # the scan window, as in the prompt (not lowercased)
     words: list[bytes]
-    bigrams: int  # how many bigrams the lanes include
+    text_features: int  # how many word and bigram features the lanes include
     lanes: tuple[int, ...]
     # Byte counts of the window, taken with bytes methods (C loops) for the estimate.
     alnum_bytes: int  # letters and digits (and non-ASCII bytes)
@@ -406,17 +409,20 @@ def read_utf8(utf8: bytes, chars: int, table: dict[bytes | tuple[bytes, bytes], 
     raw = utf8 if len(utf8) <= WINDOW_BYTES else utf8[:HEAD_BYTES] + b"\n" + utf8[-TAIL_BYTES:]
     spaced = raw.translate(_WORD_BYTES)
     words = spaced.split()
+    # Each distinct word counts once: a passage that repeats itself must not outweigh the
+    # ask ("Summarise this: ..." followed by the same sentence forty times).
+    distinct = set(words)
     keys: Iterable[bytes | tuple[bytes, bytes]]
     if len(words) > BIGRAM_HEAD_WORDS:
-        keys = chain(words, pairwise(words[:BIGRAM_HEAD_WORDS]), pairwise(words[-BIGRAM_TAIL_WORDS:]))
-        bigrams = _MOST_BIGRAMS
+        keys = chain(distinct, pairwise(words[:BIGRAM_HEAD_WORDS]), pairwise(words[-BIGRAM_TAIL_WORDS:]))
+        features = len(distinct) + _MOST_BIGRAMS
     else:
-        keys = chain(words, pairwise(words))
-        bigrams = len(words) - 1 if words else 0
+        keys = chain(distinct, pairwise(words))
+        features = len(distinct) + len(words) - 1 if words else 0
     total = sum(map(table.get, keys, _ZEROS))  # every lexicon and class weight at once
     size = len(raw)
     return _new_tuple(TextView, (  # TextView(...) would add a Python-level call
-        chars, utf8, raw, words, bigrams,
+        chars, utf8, raw, words, features,
         _LANES.unpack(((total + _BIAS) ^ _BIAS).to_bytes(_LANES.size, "little")),  # split_lanes
         size - spaced.count(b" "),  # alnum_bytes
         spaced.count(b"0"),  # digit_bytes

@@ -1,7 +1,6 @@
 """The task-class scorer: a linear model over sparse features, trained offline.
 
-Features (``text_keys`` and ``signal_keys``) are the scan window's words (each occurrence
-counts), word bigrams at the start and the end of the window, and ``#``-prefixed signal
+Features (``text_keys`` and ``signal_keys``) are the scan window's distinct words, word bigrams at the start and the end of the window, and ``#``-prefixed signal
 features (token-count bucket, code markers, structured output, script, the safety
 lexicon, and cues for the safety boundary such as what a harm verb is aimed at). ``#``
 never survives tokenisation, so signal keys cannot collide with words. Word and bigram
@@ -62,6 +61,7 @@ DEFAULT_MODEL = "scorer.msgpack.z"  # in router/data/
 Key = Union[bytes, tuple[bytes, bytes], str]  # a word, a bigram, or a "#signal"
 
 _ZEROS = repeat(0)  # an endless default argument for dict.get in map()
+_SPELLINGS = ((b"ize", b"ise"), (b"yze", b"yse"), (b"ization", b"isation"), (b"ior", b"iour"))
 _CLASS_LANES = struct.Struct(f"<{len(CLASSES)}i")
 _CLASS_BIAS = sum(1 << (CLASS_LANE_BITS * k + CLASS_LANE_BITS - 1) for k in range(len(CLASSES)))
 
@@ -95,8 +95,8 @@ class Scores(NamedTuple):
 
 
 def text_keys(view: TextView) -> list[Key]:
-    """The scorer's text features: every window word, then the bigrams (repeats count)."""
-    return [*view.words, *bigram_keys(view.words)]
+    """The scorer's text features: the window's distinct words, then its bigrams."""
+    return [*set(view.words), *bigram_keys(view.words)]
 
 
 # ---- signal features ----------------------------------------------------------------
@@ -313,8 +313,18 @@ class Scorer:
             else:
                 self.table[key] = self.table.get(key, 0) + (packed << LEXICON_BITS)
         self._features = len(model.keys)
+        self._add_british_spellings()
         self._inv_scale = 1.0 / self._scale
         self._signal_tables()
+
+    def _add_british_spellings(self) -> None:
+        """Give "summarise" the weights of "summarize": dev.jsonl is spelled the American
+        way, and a British ask must not read as an unknown word."""
+        for key in list(self.table):
+            if isinstance(key, bytes) and key not in LEXICON_TABLE:
+                for american, british in _SPELLINGS:
+                    if american in key:
+                        self.table.setdefault(key.replace(american, british), self.table[key])
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> Scorer:
@@ -368,7 +378,7 @@ class Scorer:
         t0, t1, t2, t3, t4 = view.lanes[LEXICON_LANES:]
         b0, b1, b2, b3, b4 = self._bias
         inv = self._inv_scale
-        norm = inv / sqrt(max(len(view.words) + view.bigrams, 1))
+        norm = inv / sqrt(max(view.text_features, 1))
         z0, z1, z2, z3, z4 = (b0 + t0 * norm + s0 * inv, b1 + t1 * norm + s1 * inv, b2 + t2 * norm + s2 * inv,
                               b3 + t3 * norm + s3 * inv, b4 + t4 * norm + s4 * inv)
         top = max(z0, z1, z2, z3, z4)

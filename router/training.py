@@ -462,12 +462,34 @@ _TOPICS = ("about the ocean", "on baking sourdough bread", "for a child's birthd
            "about the night sky", "for a local library fundraiser", "on how to fix a flat bicycle tire")
 
 
+# dev.jsonl holds no small talk and no bare short asks either, and the contrast requests
+# below are short, so without these "hello" and "Write a haiku." went to the policy model.
+_SHORT_ASKS = ("Write a haiku", "Write a story", "Write a limerick", "Tell me a joke", "Tell me a fun fact",
+               "Say hello", "Say something nice", "Give me a riddle", "Compose a short song",
+               "Suggest a name for my cat", "Recommend a book", "Describe a sunset", "Write a toast",
+               "Draft a thank-you note", "Give me a motivational quote", "Name three colours",
+               "Write a tweet about coffee", "Translate good night to Spanish", "Count to five",
+               "Write a slogan for a bakery")
+_SMALL_TALK = ("hello", "hi", "hey", "hi there", "good morning", "good evening", "thanks", "thank you",
+               "ok", "okay", "test", "testing", "how are you?", "what's up?", "who are you?",
+               "what can you do?", "nice to meet you", "bye", "see you later", "yes", "no", "sure",
+               "cool", "great, thanks!", "can you help me?", "are you there?")
+
+
 def benign_imperatives(count: int, seed: int) -> list[Example]:
-    """``count`` harmless imperative requests labelled GENERAL (see the comment above)."""
+    """``count`` harmless requests labelled GENERAL (see the comments above): half
+    templated imperatives with a topic, a quarter bare short asks, a quarter small talk."""
     rng = random.Random(seed)
     out = []
     for i in range(count):
-        text = f"{rng.choice(_ASKS)} {rng.choice(_ARTEFACTS)} {rng.choice(_TOPICS)}."
+        kind = i % 4
+        if kind < 2:
+            text = f"{rng.choice(_ASKS)} {rng.choice(_ARTEFACTS)} {rng.choice(_TOPICS)}."
+        elif kind == 2:
+            text = rng.choice(_SHORT_ASKS) + rng.choice((".", "", "!", " please."))
+        else:
+            text = rng.choice(_SMALL_TALK)
+            text = text.capitalize() if rng.random() < 0.5 else text
         request = ChatRequest(messages=[ChatMessage(role="user", content=text)])
         out.append(Example(f"synthetic-imperative-{i}", SYNTHETIC + "imperative", TaskClass.GENERAL, request))
     return out

@@ -252,8 +252,8 @@ async def test_prefix_hit_rate_is_what_the_engine_reports(fabric, client):
     worker = await fabric.worker("general", "r0", engine=engine)
     await fabric.wait_for_replicas(1)
     prompt = "Summarise this long shared context. " + "The river bends past the old mill. " * 40
-    for _ in range(2):
-        await client.complete(chat(prompt, max_tokens=2), timeout=10)
+    for _ in range(2):  # the model named: this test is about the cache, not the classifier
+        await client.complete(chat(prompt, max_tokens=2, model="general"), timeout=10)
     reported = engine.stats().prefix_hit_rate
     assert reported > 0, "the second identical prompt hits the engine's prefix cache"
     labels = {"model": "general", "replica": "r0"}

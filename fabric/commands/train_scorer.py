@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contrast-source", default="xstest",
                         help="source whose non-SAFETY rows are the harmless-but-alarming set")
     parser.add_argument("--synthetic-imperatives", type=int, default=400, metavar="N",
-                        help="add N harmless imperative requests (GENERAL) to the training rows only, "
-                             "against dev.jsonl's 'short imperative = unsafe' bias (default: 400)")
+                        help="add N harmless requests (GENERAL: imperatives, bare short asks, small talk) "
+                             "to the training rows only, against dev.jsonl's 'short imperative = unsafe' "
+                             "bias (default: 400)")
     parser.add_argument("--synthetic-contrasts", type=int, default=1200, metavar="N",
                         help="add N templated requests pairing violent verbs with harmless and with human "
                              "targets, definitions and history questions, to the training rows only "
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                              safety_recall=args.safety_recall, source_weights=weights)
     train, held = split_holdout(examples, args.holdout, args.seed)
     print(f"{len(examples)} rows: {len(train)} to train, {len(held)} held out (seed {args.seed}); "
-          f"+{args.synthetic_imperatives} synthetic harmless imperatives and "
+          f"+{args.synthetic_imperatives} synthetic harmless requests and "
           f"+{args.synthetic_contrasts} synthetic contrast requests to train")
     train += benign_imperatives(args.synthetic_imperatives, args.seed)
     train += contrast_questions(args.synthetic_contrasts, args.seed)
