@@ -6,16 +6,27 @@ Stages, timed as router.service times them, with the shipped scorer and rules:
   replica  model → ordered replicas (router.replicas, whichever version is on the tree)
 over every dev prompt (../shared/data/prompts/dev.jsonl), at 4, 64 and 1,024 live
 replicas per model, and over synthetic long prompts (a dev prompt's ask after a document
-made of other dev prompts) of 8 KB, ~8k tokens and 32 KB. The baseline, timed side by side
-in the same run on the same prompts, is the first-cut context extraction this replaced
-(a dozen regex scans over 1 KB at each end of the prompt, no scorer).
+made of other dev prompts) of 8 KB, ~8k tokens and 32 KB, and ~8k tokens of ASCII-only
+dev prompts (CPython encodes a str holding any non-ASCII character to UTF-8 ~30x slower
+than an ASCII one, and the prefix hashes need those bytes). The baseline, timed side by
+side in the same run on the same prompts, is the first-cut context extraction this
+replaced (a dozen regex scans over 1 KB at each end of the prompt, no scorer).
+
+Replica choice runs in a steady state: after each placement the replica's own queue is
+sampled at half its capacity (as a worker draining it would leave it), so the fleet never
+saturates and every request takes the normal path rather than the ``.any`` spill.
+
+The box is shared with other jobs, so wall time is noisy: the report gives the load
+average before and after, and ``--instructions`` adds a noise-free companion figure,
+instructions per request counted by valgrind (cachegrind) for the model choice (context +
+rules) and for the whole decision (+ replica choice and its bookkeeping).
 
 Bounce rate: synthetic multi-turn sessions from dev prompts (each turn appends a user
 message to the conversation; 70% of follow-ups come from the first turn's source, 30%
 from anywhere), routed with and without the sticky-session table. A bounce is a turn
 that goes to a different model than the turn before it in the same session.
 
-Run: make bench-decision  (or python -m bench.decision [--data PATH] [--quick])
+Run: make bench-decision  (or python -m bench.decision [--data PATH] [--quick] [--cpu N] [--instructions])
 """
 
 from __future__ import annotations
@@ -26,8 +37,12 @@ import functools
 import gc
 import inspect
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,8 +63,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "prompts" / "dev.jsonl"
 MODELS = ("extraction", "code", "reasoning", "safety", "general")
 REPLICA_COUNTS = (4, 64, 1024)
-LONG_SIZES = (("8 KB", 8 * 1024), ("~8k tokens", 31_500), ("32 KB", 32 * 1024))
+LONG_SIZES = (("8 KB", 8 * 1024, False), ("~8k tokens", 31_500, False), ("32 KB", 32 * 1024, False),
+              ("~8k tokens, ASCII", 31_500, True))
 PASSES = 3
+CAPACITY = 16  # each replica's heartbeat capacity
 
 
 # ---- the baseline: the first-cut context extraction (regex scans), kept here to compare ----
@@ -96,8 +113,11 @@ def as_request(row: dict[str, Any], **fields: Any) -> ChatRequest:
     return ChatRequest(messages=messages, tools=row["request"].get("tools"), **fields)
 
 
-def long_requests(rows: list[dict[str, Any]], size: int, count: int, rng: random.Random) -> list[ChatRequest]:
+def long_requests(rows: list[dict[str, Any]], size: int, count: int, rng: random.Random,
+                  ascii_only: bool = False) -> list[ChatRequest]:
     """A document of other dev prompts, then one dev prompt's ask, ``size`` characters in all."""
+    if ascii_only:
+        rows = [r for r in rows if r["request"]["messages"][-1]["content"].isascii()]
     out = []
     for _ in range(count):
         ask = rng.choice(rows)["request"]["messages"][-1]["content"]
@@ -116,7 +136,7 @@ def replica_table(replicas: int) -> ReplicaTable:
     table = ReplicaTable(ttl=1e9)
     for model in MODELS:
         for i in range(replicas):
-            table.apply(Heartbeat(model=model, replica=f"r{i}", capacity=16), now=0.0)
+            table.apply(Heartbeat(model=model, replica=f"r{i}", capacity=CAPACITY), now=0.0)
     return table
 
 
@@ -133,14 +153,33 @@ def _takes_now(method: Any) -> bool:
     return "now" in inspect.signature(method).parameters
 
 
-def time_stages(requests: list[ChatRequest], replicas: int) -> dict[str, list[float]]:
-    policy, table = new_policy(), replica_table(replicas)
+def replica_stage(policy: Policy, table: ReplicaTable) -> tuple[Any, Any]:
+    """Replica choice, and what to run after it (outside the timing): its own placement
+    bookkeeping, then a sample that leaves the replica's queue at half its capacity."""
     placed = getattr(policy, "placed", None)  # replica choice's own bookkeeping, if it has any
-    choose_replicas = policy.choose_replicas
+    choose_replicas: Any = policy.choose_replicas  # its signature moves (another component's)
     if _takes_now(choose_replicas):
         choose_replicas = functools.partial(choose_replicas, now=0.0)
     if placed is not None and _takes_now(placed):
         placed = functools.partial(placed, now=0.0)
+
+    def after(ctx: Any, model: str, candidates: list[Any]) -> None:
+        if not candidates:
+            return
+        replica = candidates[0][0]
+        if placed is not None:
+            placed(ctx, model, replica, table)
+        fleet = table.fleet(model) if hasattr(table, "fleet") else None
+        sample = getattr(fleet, "sample", None)
+        if sample is not None and fleet is not None and replica in getattr(fleet, "members", ()):
+            sample(replica, CAPACITY // 2)
+
+    return choose_replicas, after
+
+
+def time_stages(requests: list[ChatRequest], replicas: int) -> dict[str, list[float]]:
+    policy, table = new_policy(), replica_table(replicas)
+    choose_replicas, after = replica_stage(policy, table)
     clock = time.perf_counter_ns
     out: dict[str, list[float]] = {"context": [], "model": [], "replica": [], "total": []}
     for i, request in enumerate(requests):
@@ -151,8 +190,7 @@ def time_stages(requests: list[ChatRequest], replicas: int) -> dict[str, list[fl
         t2 = clock()
         candidates = choose_replicas(ctx, choice.model, table)
         t3 = clock()
-        if placed is not None and candidates:
-            placed(ctx, choice.model, candidates[0][0], table)
+        after(ctx, choice.model, candidates)
         out["context"].append((t1 - t0) / 1e3)
         out["model"].append((t2 - t1) / 1e3)
         out["replica"].append((t3 - t2) / 1e3)
@@ -232,29 +270,112 @@ def bounce_rate(conversations: list[list[ChatRequest]], sticky: bool) -> tuple[f
 
 # ---- report ---------------------------------------------------------------------------------
 
+def build_workloads(rows: list[dict[str, Any]], quick: bool, rng: random.Random) -> list[tuple[str, list[ChatRequest]]]:
+    dev = [as_request(r) for r in rows]
+    if quick:
+        dev = dev[::10]
+    long_count = 60 if quick else 400
+    workloads = [("dev prompts", dev)]
+    for name, size, ascii_only in LONG_SIZES:
+        # The ASCII set draws from its own generator, so the others (and the sessions
+        # below) are the same prompts as in runs before it was added.
+        source = random.Random(13) if ascii_only else rng
+        workloads.append((name, long_requests(rows, size, long_count, source, ascii_only)))
+    return workloads
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ---- instruction counts (valgrind) -------------------------------------------------------------
+
+COUNTED = ("dev prompts", "~8k tokens", "~8k tokens, ASCII")
+
+
+def run_counted(data: Path, workload: str, stages: str, passes: int) -> None:
+    """The worker valgrind runs: one warm-up pass, then ``passes`` more, untimed."""
+    rows = load_prompts(data)
+    requests = dict(build_workloads(rows, False, random.Random(11)))[workload]
+    if workload == "dev prompts":
+        requests = requests[::8]  # valgrind runs ~50x slower: every 8th prompt is plenty
+    policy, table = new_policy(), replica_table(4)
+    choose_replicas, after = replica_stage(policy, table)
+    for _ in range(1 + passes):
+        for i, request in enumerate(requests):
+            ctx = policy.context(request)
+            choice = policy.choose_model(ctx, float(i))
+            if stages == "all":
+                after(ctx, choice.model, choose_replicas(ctx, choice.model, table))
+    print(f"requests={len(requests)}", file=sys.stderr)
+
+
+def count_instructions(data: Path, workload: str, stages: str) -> float:
+    """Instructions per request: (2 passes - 0 passes) / (2 x requests), by cachegrind."""
+    counts, requests = [], 0
+    for passes in (0, 2):
+        done = subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+             sys.executable, "-m", "bench.decision", "--data", str(data),
+             "--count-worker", workload, stages, str(passes)],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+        refs = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        found = re.search(r"requests=(\d+)", done.stderr)
+        if refs is None or found is None:
+            raise RuntimeError(f"valgrind printed no count: {done.stderr[-500:]}")
+        counts.append(int(refs.group(1).replace(",", "")))
+        requests = int(found.group(1))
+    return (counts[1] - counts[0]) / (2 * requests)
+
+
+def instruction_lines(data: Path) -> list[str]:
+    if shutil.which("valgrind") is None:
+        return ["", "(valgrind not installed: no instruction counts; `apt-get install valgrind`.)"]
+    lines = ["", "### Instructions per request (valgrind, noise-free)", "",
+             "Counted by `valgrind --tool=cachegrind` (`python -m bench.decision --instructions`): "
+             "a run with two untimed passes minus a run with none, over 4 replicas per model. "
+             "Model choice = context + rules; whole decision = + replica choice and its bookkeeping "
+             "(placement record, queue sample).", "",
+             "| prompts | model choice | whole decision |", "| --- | --- | --- |"]
+    for workload in COUNTED:
+        model = count_instructions(data, workload, "model")
+        whole = count_instructions(data, workload, "all")
+        lines.append(f"| {workload} | {model:,.0f} | {whole:,.0f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEV)
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--cpu", type=int, help="pin this process to one CPU (fewer migrations)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per request with valgrind (a few minutes)")
+    parser.add_argument("--count-worker", nargs=3, metavar=("WORKLOAD", "STAGES", "PASSES"),
+                        help=argparse.SUPPRESS)  # what --instructions runs under valgrind
     args = parser.parse_args()
+    if args.count_worker:
+        workload, stages, passes = args.count_worker
+        run_counted(args.data, workload, stages, int(passes))
+        return
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     rows = load_prompts(args.data)
     rng = random.Random(11)
-    dev = [as_request(r) for r in rows]
-    if args.quick:
-        dev = dev[::10]
-    long_count = 60 if args.quick else 400
-    workloads = [("dev prompts", dev)] + [
-        (name, long_requests(rows, size, long_count, rng)) for name, size in LONG_SIZES]
+    workloads = build_workloads(rows, args.quick, rng)
     gc.collect()
     for _, requests in workloads:  # warm caches and the scorer before timing
         time_stages(requests[:200], 4)
 
+    load_before = load()
     lines = [
         "## Model choice: decision time by stage", "",
         f"Machine: {machine()}.  ",
-        "Command: `make bench-decision` (`python -m bench.decision`). Shipped scorer and default rules; "
+        "Command: `make bench-decision` (`python -m bench.decision"
+        + (f" --cpu {args.cpu}" if args.cpu is not None else "") + "`). Shipped scorer and default rules; "
         f"per-request wall time in µs (time.perf_counter_ns), each request's median of {PASSES} passes, "
-        "GC on; the box is shared with other jobs, which were not stopped.", "",
+        "GC on; the box is shared with other jobs, which were not stopped "
+        f"(load average 1/5/15 min: {load_before} before, LOAD_AFTER after).", "",
         "| prompts | n | chars (mean) | est. tokens (mean) | replicas/model | context p50 / p99 | "
         "model p50 / p99 | replica p50 / p99 | **whole decision p50 / p99** | first-cut context p50 / p99 | "
         "context speed-up (p50) |",
@@ -276,6 +397,7 @@ def main() -> None:
                 f"**{p(stages['total'], 50)} / {p(stages['total'], 99)}** | "
                 f"{p(baseline, 50)} / {p(baseline, 99)} | {speedup:.1f}x |")
             summary.append((name, replicas, percentile(stages["total"], 99)))
+    lines = [line.replace("LOAD_AFTER", load()) for line in lines]
     conversations = sessions(rows, 150 if args.quick else 1000, rng)
     free_rate, free_paths, follow = bounce_rate(conversations, sticky=False)
     sticky_rate, sticky_paths, _ = bounce_rate(conversations, sticky=True)
@@ -288,6 +410,8 @@ def main() -> None:
         f"| on (default rules: TTL 900 s, safety always wins) | {100 * sticky_rate:.1f}% | "
         f"{dict(sorted(sticky_paths.items()))} |",
     ]
+    if args.instructions:
+        lines += instruction_lines(args.data)
     write_section("decision", "\n".join(lines))
     print("\n".join(lines))
     worst = max((v for n, r, v in summary if n != "32 KB"), default=float("nan"))
