@@ -39,6 +39,9 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     ack_wait: float = ACK_WAIT_SECONDS  # JetStream redelivers un-acked work after this
     in_progress_interval: float = 0.0  # 0 = ack_wait / 3; must stay well inside ack_wait
     retry_delay: float = 1.0  # nak delay for a retryable engine failure
+    # nak delay when handing work back (shutdown, dead engine): longer than idle_poll, so
+    # this worker's last open pulls have expired and another replica gets it.
+    release_delay: float = 1.0
     any_max_ack_pending: int = 10_000  # the shared .any consumer: each worker's credits bound it
     # ---- life cycle ----
     grace_seconds: float = 10.0  # SIGTERM: time to finish in-flight work

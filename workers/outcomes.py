@@ -9,7 +9,7 @@
 | engine failed this attempt, deliveries remain    | nothing yet                      | RETRY   | nak with a delay     |
 | engine failed on the last delivery               | error ``engine_error``           | DONE    | ack                  |
 | message does not decode                          | error ``bad_request`` (if it can)| POISON  | term                 |
-| shutdown past the grace period / engine dead     | nothing (another replica answers)| RELEASE | nak, no delay        |
+| shutdown past the grace period / engine dead     | nothing (another replica answers)| RELEASE | nak, short delay     |
 | still generating after ``in_progress_interval``  | (streaming goes on)              | —       | in-progress ack      |
 
 A redelivered message (``num_delivered > 1``) starts a fresh attempt whose first chunk has
@@ -35,7 +35,13 @@ def after_failure(retryable: bool, deliveries: int, max_deliver: int) -> Outcome
     return Outcome.RETRY if retryable and deliveries < max_deliver else Outcome.DONE
 
 
-async def settle(msg: Msg, outcome: Outcome, retry_delay: float) -> None:
+async def settle(msg: Msg, outcome: Outcome, retry_delay: float, release_delay: float) -> None:
+    """Ack, nak or term ``msg`` as ``outcome`` says.
+
+    A release is nak'd with a short delay, not none: a stopping worker still has pull
+    requests open for a moment, and an immediate redelivery would land right back on
+    them — each bounce spends one of the message's ``max_deliver`` attempts.
+    """
     if outcome is Outcome.DONE:
         await msg.ack()
     elif outcome is Outcome.RETRY:
@@ -43,4 +49,4 @@ async def settle(msg: Msg, outcome: Outcome, retry_delay: float) -> None:
     elif outcome is Outcome.POISON:
         await msg.term()
     else:
-        await msg.nak()
+        await msg.nak(delay=release_delay)

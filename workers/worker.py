@@ -164,6 +164,7 @@ class Worker:
                 await self._stopping.wait()
                 pulling.cancel()
                 await self._drain_in_flight()
+                await self._close_pulls()
                 self._served = True  # the loops also stop on this: see _heartbeat_loop
                 raise _Stopped
         except* _Stopped:
@@ -187,6 +188,21 @@ class Worker:
             task.cancel()  # its handler naks the message on the way out
         if pending:
             await asyncio.wait(pending)
+
+    async def _close_pulls(self) -> None:
+        """Let open pull requests expire before their inboxes close.
+
+        A message the server hands to a pull request whose subscription is gone would sit
+        un-acked until ack_wait (30 s); while they expire (within ``idle_poll``), anything
+        delivered is nak'd at once by ``_on_message``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.idle_poll + 2.0
+        while (self.own.lingering or self.any.lingering) and loop.time() < deadline:
+            self._slot_freed.clear()
+            await wait_event(self._slot_freed, max(deadline - loop.time(), 0.0))
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     async def _ensure_consumer(self, durable: str, subject: str, max_ack_pending: int) -> None:
         assert self.js is not None
@@ -270,7 +286,7 @@ class Worker:
         self.released += 1
         self.metrics.settled(Outcome.RELEASE.value)
         with contextlib.suppress(Exception):
-            await settle(msg, Outcome.RELEASE, 0.0)
+            await settle(msg, Outcome.RELEASE, 0.0, self.config.release_delay)
 
     async def _handle(self, msg: Msg) -> None:
         outcome = Outcome.RELEASE
@@ -289,7 +305,8 @@ class Worker:
             self.metrics.settled(outcome.value)
             try:
                 # Shielded: a shutdown that cancels this task must not cut the ack/nak short.
-                await asyncio.shield(settle(msg, outcome, self.config.retry_delay))
+                await asyncio.shield(settle(msg, outcome, self.config.retry_delay,
+                                            self.config.release_delay))
             except Exception:  # the connection is gone: JetStream redelivers after ack_wait
                 log.warning("could not settle a message (%s); it will be redelivered", outcome.value)
 

@@ -86,6 +86,9 @@ def _serve_shared(config: WorkerConfig, flags: dict[str, object]) -> int:
 
     async def main() -> int:
         engine = SharedEngine(make_engine(config), users=len(configs))
+        # Start the engine before any worker talks to NATS: vLLM's start blocks the event
+        # loop for tens of seconds, and a JetStream request in flight meanwhile times out.
+        await engine.warmup()
         workers = [Worker(c, engine) for c in configs]
         start_metrics(config.metrics_host, config.metrics_port, workers[0].registry)
         def stop_all() -> None:
