@@ -47,7 +47,8 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     decision_log: str = ""  # append every decision to this file (router.decision_log); "" = off
     # ---- replica choice (router.replicas; defaults from the offline replay) -------------
     load_epsilon: float = 0.1  # no replica above (1 + this) × the mean load …
-    move_cost: float = 4.0  # … except by this × the prompt tokens of the request it holds
+    move_cost: float = 12.0  # … except by this × the prompt tokens of the request it holds …
+    free_move_tokens: int = 3072  # … past this many (moving a short prefix costs little)
     decode_weight: float = 32.0  # prompt-token equivalents of one output token in a load
     load_cost: float = 0.01  # a candidate's cost: tokens to prefill + this × its load
     ring_choices: int = 4  # ring candidates for a new prefix

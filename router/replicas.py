@@ -25,9 +25,11 @@ a queue refuses the publish; ``.any`` comes last.
 still prefill plus ``decode_weight ×`` its output tokens (an output token costs a decode
 step, a prompt token a sliver of a prefill step). A candidate is taken only if its
 outstanding load is at most ``(1 + load_epsilon) ×`` the fleet mean (this request
-included) — except that a replica already holding part of this request's *own* prompt
-(past any fleet-wide prefix) may exceed that by ``move_cost ×`` the tokens it holds:
-sending the request elsewhere would cost that much prefill again. So a hot shared prefix
+included; never less than one typical request, so a nearly idle fleet keeps affinity) —
+except that a replica already holding part of this request's *own* prompt
+(past any fleet-wide prefix) may exceed that by ``move_cost ×`` the tokens it holds beyond
+``free_move_tokens``: sending the request elsewhere would cost that much prefill again,
+while moving a short private prefix costs little. So a hot shared prefix
 fills its home to the bound and then spills along the ring, the replicas it spills to are
 recorded as holders and are warm for it next time, and a long conversation is moved only
 when its replica is over the bound by more than moving would waste. Saturated replicas
@@ -58,8 +60,13 @@ class ReplicaSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     # No replica's outstanding load may exceed (1 + epsilon) × the fleet mean …
     load_epsilon: float = 0.1
-    # … except by move_cost × the prompt tokens of this request it already holds.
-    move_cost: float = 4.0
+    # … except by move_cost × the prompt tokens of this request it already holds, past the
+    # first free_move_tokens (moving that little is cheap: a fraction of a second of prefill).
+    move_cost: float = 12.0
+    free_move_tokens: int = 3072
+    # Any replica may hold this many typical requests (the fleet's mean weight) whatever
+    # the mean: below that, load is noise, not a hot spot.
+    floor_requests: float = 2.0
     # Prompt-token equivalents of one output token in a request's weight.
     decode_weight: float = 32.0
     # Cost of a candidate: tokens to prefill + load_cost × its outstanding load.
@@ -116,6 +123,12 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
         uncached = 1
     output = settings.decode_weight * (ctx.max_tokens or settings.default_output_tokens)
     bound = (1.0 + settings.load_epsilon) * (fleet.usable_weight + uncached + output) / count
+    floor = settings.floor_requests * fleet.fill_weight
+    if bound < floor:
+        # A lightly loaded fleet: a replica holding a couple of typical requests is no hot
+        # spot (the weighted form of the ceiling in consistent hashing with bounded
+        # loads), and load samples a moment old must not scatter a conversation.
+        bound = floor
     load_cost = settings.load_cost
     # The three cheapest candidates: (cost, name) each; the name breaks ties.
     c1 = c2 = c3 = _INF
@@ -126,7 +139,8 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
     if warm:
         # The session's last turn and the holders of this prompt's deepest prefix hold
         # ``matched`` blocks of it; they may exceed the bound by what moving would waste.
-        allowance = bound + settings.move_cost * (matched - common) * BLOCK_TOKENS
+        kept = (matched - common) * BLOCK_TOKENS - settings.free_move_tokens
+        allowance = bound + settings.move_cost * kept if kept > 0 else bound
         for name in warm:
             load = usable.get(name)
             if load is None or load.requests >= load.limit or load.weight > allowance:

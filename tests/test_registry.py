@@ -123,7 +123,8 @@ async def test_routers_share_placements_so_a_prefix_sticks_across_routers(fabric
     for replica in ("r0", "r1", "r2", "r3"):
         await fabric.worker(MODEL, replica)
     await fabric.wait_for_replicas(4)
-    document = "A long shared document. " * (3 * PREFIX_BLOCK_CHARS // 24)
+    # Twelve blocks (~6k tokens): long enough that moving it would waste real prefill.
+    document = "A long shared document. " * (12 * PREFIX_BLOCK_CHARS // 24)
     answer = await client.complete(chat(document + "Question one?", model=MODEL, max_tokens=2),
                                    timeout=10)
     # Both routers learn where it went (one decided, the other applied its record) ...
