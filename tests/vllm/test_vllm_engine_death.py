@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from fabric.client import Client, chat
@@ -27,8 +26,10 @@ from workers.worker import Worker
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module"), *VLLM_WARNINGS]
 
 
-def engine_processes() -> list[psutil.Process]:
+def engine_processes() -> list[Any]:
     """vLLM's engine-core and model-runner processes (children of this test process)."""
+    import psutil  # a vLLM dependency: only in the vLLM venv, so imported here
+
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
