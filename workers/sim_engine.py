@@ -20,12 +20,12 @@ Default constants (one replica of a 0.5–3B instruct model on one datacentre GP
 | --- | --- | --- |
 | ``decode_seconds_per_token`` | 5.5 ms | Qwen2.5 Speed Benchmark (qwen.readthedocs.io, "Qwen2.5 Speed Benchmark", vLLM 0.6.3, A100 80GB, BF16, batch 1): Qwen2.5-1.5B-Instruct 183.33 tokens/s → 5.45 ms/token (0.5B: 311.55 tokens/s → 3.2 ms) |
 | ``prefill_seconds_per_token`` | 25 µs | 2 × 1.5e9 FLOP per token at 40% of the A100's 312 TFLOP/s; the same table bounds it from above: 6,144 prompt tokens add 0.42 s (183.33 → 176.68 tokens/s over 2,048 generated), ≤ 68 µs/token |
-| ``batch_slowdown`` | 0.05 | measured here with vLLM on CPU (``bench/engine.py``): SmolLM2-135M step time grows ~5% per extra running sequence (10 tokens/s alone, ~60 over 8 streams) |
+| ``batch_slowdown`` | 0.05 | vLLM 0.32 on this project's 2-core CPU machines (measured, recorded in the team's VLLM_NOTES): SmolLM2-135M 10 tokens/s alone, ~60 over 8 streams, so a step at batch 8 takes ~1.33× a step at batch 1, ~5% per extra sequence |
 | ``block_tokens`` | 16 | vLLM's default KV block size on GPU |
 | ``capacity`` | 8 | the fabric's default ``max_inflight`` |
 
-``time_scale`` multiplies every delay (tests use 0.01). ``bench/engine.py`` prints the
-measured CPU figures next to these.
+``time_scale`` multiplies every delay (tests use 0.01). ``bench/engine.py`` runs this
+engine and vLLM on CPU through the fabric and directly, side by side.
 """
 
 from __future__ import annotations
