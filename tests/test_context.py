@@ -88,6 +88,14 @@ def test_structured_output_from_the_request_and_from_the_text() -> None:
     ("请用三句话介绍一下北京的历史。", Script.CJK),
     ("مرحبا كيف حالك اليوم", Script.ARABIC),
     ("Summarise: 東京 is a city", Script.LATIN),
+    ("Καλημέρα, τι κάνεις σήμερα;", Script.GREEK),
+    ("שלום, מה שלומך היום?", Script.HEBREW),
+    ("नमस्ते, आप कैसे हैं?", Script.DEVANAGARI),
+    ("สวัสดีครับ วันนี้เป็นอย่างไร", Script.THAI),
+    ("안녕하세요, 오늘 어떠세요?", Script.HANGUL),
+    ("こんにちは、おげんきですか", Script.KANA),
+    ("Xin chào, hôm nay bạn thế nào? Tôi khỏe, cảm ơn bạn nhiều.", Script.LATIN),  # Latin Extended Additional
+    ("Բարեւ, ինչպես ես այսօր", Script.OTHER),  # Armenian
 ])
 def test_script_detection(text: str, script: Script) -> None:
     assert build_context(request(text)).script == script
