@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test lint typecheck bench clean vllm-venv test-vllm bench-engine up-vllm ops-check bench-decision bench-tokens train-scorer bench-replay
+.PHONY: help venv demo test lint typecheck bench bench-hop clean vllm-venv test-vllm bench-engine up-vllm ops-check bench-decision bench-tokens train-scorer bench-replay
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,10 +31,13 @@ lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)  ## run the benchmarks; results go to bench/results.md
-	$(PY) -m bench.router_hop
+	$(MAKE) bench-hop
 	$(PY) -m bench.decision
 	$(PY) -m bench.replay
 	$(MAKE) bench-engine
+
+bench-hop: $(STAMP)  ## router hop: latency through the router vs straight to the queue, router requests/s
+	$(PY) -m bench.router_hop --requests 1000 --flood 10000
 
 bench-replay: $(STAMP)  ## replica choice: Mooncake + hot-tenant replay, every policy, 1 and 3 routers
 	$(PY) -m bench.replay
