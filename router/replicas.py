@@ -91,6 +91,8 @@ def settings_from(config: object) -> ReplicaSettings:
 
 Candidates = list[tuple[str, CacheClass]]
 _INF = math.inf
+_SPILL = (ANY_REPLICA, CacheClass.SPILL)
+_COLD, _STICKY, _PREFIX_HIT = CacheClass.COLD, CacheClass.SESSION_STICKY, CacheClass.PREFIX_HIT
 
 
 def request_weight(ctx: RoutingContext, settings: ReplicaSettings = DEFAULT_SETTINGS,
@@ -115,7 +117,7 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
     if not count:
         return []
     if not fleet.open_count:
-        return [(ANY_REPLICA, CacheClass.SPILL)]  # every replica is saturated
+        return [_SPILL]  # every replica is saturated
     matched, common, holders = fleet.placements.lookup(ctx.prefix_hashes, ctx.prefix_seen_depth)
     prompt = ctx.prompt_tokens
     uncached = prompt - matched * BLOCK_TOKENS
@@ -179,23 +181,28 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
         # below the mean, so within the bound unless it is saturated.
         least = _least_loaded(fleet)
         if least is None:
-            return [(ANY_REPLICA, CacheClass.SPILL)]
+            return [_SPILL]
         n1 = least
-    ranked = [n for n in (n1, n2, n3) if n]
-    if sticky_fits and sticky is not None:
+    rest: tuple[str, ...] | list[str]
+    if sticky_fits and n1 != sticky:
         # Session first: its replica holds the conversation, hashed or not (a turn
         # shorter than a block has no prefix hash at all).
-        ranked = [sticky, *(n for n in ranked if n != sticky)]
-    first = ranked[0]
-    if first == sticky:
-        reason = CacheClass.SESSION_STICKY
-    elif common or first in holders:
-        reason = CacheClass.PREFIX_HIT
+        first = sticky or n1
+        rest = [n for n in (n1, n2, n3) if n and n != sticky]
     else:
-        reason = CacheClass.COLD
-    out: Candidates = [(first, reason)]
-    out.extend((name, CacheClass.COLD) for name in ranked[1 : 1 + settings.fallbacks])
-    out.append((ANY_REPLICA, CacheClass.SPILL))
+        first, rest = n1, (n2, n3)
+    if first == sticky:
+        out: Candidates = [(first, _STICKY)]
+    elif common or first in holders:
+        out = [(first, _PREFIX_HIT)]
+    else:
+        out = [(first, _COLD)]
+    fallbacks = settings.fallbacks
+    for name in rest:
+        if name and fallbacks > 0:
+            out.append((name, _COLD))
+            fallbacks -= 1
+    out.append(_SPILL)
     return out
 
 
