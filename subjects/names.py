@@ -213,3 +213,11 @@ class Names:
         if reply.startswith(self.prefix + ".") or reply == self.prefix:
             return f"subjects under {self.prefix!r} belong to the fabric and cannot be reply subjects"
         return None
+
+
+JS_API_PREFIX = "$JS.API"
+
+
+def pull_next_subject(stream: str, consumer: str, api_prefix: str = JS_API_PREFIX) -> str:
+    """JetStream's API subject a pull request for ``consumer`` on ``stream`` is sent to."""
+    return f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"

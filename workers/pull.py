@@ -24,6 +24,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from subjects.names import pull_next_subject
+
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _encode = msgspec.json.Encoder().encode
@@ -51,7 +53,7 @@ class Puller:
         self._nc = nc
         # Called when a request settles and its undelivered credits return to the caller.
         self._on_credits = on_credits
-        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._next_subject = pull_next_subject(stream, consumer, api_prefix)
         self._on_message = on_message
         self._inbox = nc.new_inbox()
         self._ids = itertools.count(1)
