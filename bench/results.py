@@ -12,6 +12,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fabric.stats import percentile
+
+__all__ = ["machine", "percentile", "write_section"]
+
 RESULTS = Path(__file__).with_name("results.md")
 
 
@@ -27,16 +31,6 @@ def machine() -> str:
     return (f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, "
             f"{platform.system()} {platform.release()}, "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = q / 100 * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def write_section(name: str, markdown: str, path: Path = RESULTS) -> None:

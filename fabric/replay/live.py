@@ -24,8 +24,8 @@ import msgspec
 
 from fabric.client import Client, FabricError
 from fabric.local import NatsServer, ProcessGroup, component_command
-from fabric.replay.simulate import percentile
 from fabric.replay.trace import BlockText, TraceRecord, arrival_seconds, chat_request
+from fabric.stats import percentile
 from router.context import PREFIX_BLOCK_CHARS
 
 # The simulated engine's prefix blocks are 16 tokens of 4 characters: one trace block

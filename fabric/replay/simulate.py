@@ -29,6 +29,7 @@ import msgspec
 
 from fabric.replay.engine import BlockLRU, ServiceModel, SimReplica, SimRequest
 from fabric.replay.trace import BlockText, TraceRecord, arrival_seconds, chat_request
+from fabric.stats import percentile
 from router.context import PrefixMemory
 from router.policy import Policy
 from router.registry import ReplicaTable
@@ -108,16 +109,6 @@ class ReplayResult(msgspec.Struct, kw_only=True):
     @property
     def of_ceiling(self) -> float:
         return self.hit_rate / self.ceiling if self.ceiling else float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = q / 100 * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def ceiling_hit_rate(records: list[TraceRecord], total_blocks: int) -> float:
