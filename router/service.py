@@ -179,6 +179,9 @@ class Router:
                     tasks.create_task(self._serve(), name=f"route-{i}")
                 durable = (tasks.create_task(self.durable.run(self._stopping), name="durable-ingress")
                            if self.durable is not None else None)
+                # A round trip makes the server hold the ingress subscription before anyone
+                # is told the router is ready (else a first request may meet no responders).
+                await self.nc.flush()
                 self.ready.set()
                 await self._stopping.wait()
                 await sub.unsubscribe()  # stop intake, then finish what was taken in
