@@ -39,11 +39,6 @@ def test_worker_sigkill_mid_generation_redelivers_to_another_replica(worker_kill
     assert row.duplicated == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workers/worker.py must flag the first chunk `restarted` for work that carries the "
-    "Slm-Restarted header (router/moves.py sets it on work moved off a dead replica); it "
-    "flags only JetStream redeliveries. The client infers the restart meanwhile (seq back "
-    "to 0), so nothing is lost. Remove this marker when the worker reads the header."))
 def test_work_moved_off_a_dead_replica_is_flagged_restarted(worker_kill):
     assert worker_kill.facts["restarted_flagged"] >= worker_kill.facts["restarted"]
 

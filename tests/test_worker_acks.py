@@ -26,7 +26,7 @@ from subjects.messages import (
     Structured,
     WorkItem,
 )
-from subjects.names import HEADER_MSG_ID, HEADER_REPLY
+from subjects.names import ANY_REPLICA, HEADER_MSG_ID, HEADER_REPLY, HEADER_RESTARTED
 from subjects.settings import MAX_DELIVER, ensure_stream, work_stream_config
 from tests.conftest import wait_until
 from workers.engine import Delta, EngineDeadError, EngineGenerateError, EngineRequestError
@@ -100,7 +100,8 @@ class Queue:
         await ensure_stream(self.js, work_stream_config(self.names, self.model, queue_bound))
 
     async def put(self, request: ChatRequest, request_id: str, *, replica: str = "r0",
-                  deadline: float = 0.0, routed_at: float | None = None) -> nats.aio.subscription.Subscription:
+                  deadline: float = 0.0, routed_at: float | None = None,
+                  headers: dict[str, str] | None = None) -> nats.aio.subscription.Subscription:
         inbox = self.client.nc.new_inbox()
         sub = await self.client.nc.subscribe(inbox)
         item = WorkItem(request_id=request_id, reply=inbox, model=self.model, replica=replica,
@@ -108,7 +109,7 @@ class Queue:
                         request=codec.encode_request(request),
                         context=routing_context(max_tokens=request.max_tokens or 8))
         await self.js.publish(self.names.work(self.model, replica), codec.encode_work(item),
-                              headers={HEADER_MSG_ID: request_id, HEADER_REPLY: inbox})
+                              headers={HEADER_MSG_ID: request_id, HEADER_REPLY: inbox, **(headers or {})})
         return sub
 
     async def stream_info(self) -> Any:
@@ -338,6 +339,24 @@ async def test_work_a_vanished_worker_held_is_redelivered_with_the_restart_flag(
     assert isinstance(got[-1], Chunk) and got[-1].final
     await wait_until(lambda: worker.completed == 1)
     assert sample(worker, "slm_worker_redeliveries_total") == 1
+
+
+async def test_work_moved_off_a_dead_replica_says_restarted_on_its_first_chunk(fabric, client):
+    """A router's move (router/moves.py) is a new message, delivered once: the header says restart."""
+    queue = Queue(client)
+    await queue.ensure()
+    worker = await fabric.worker("general", "r0")
+    moved = await queue.put(chat("hello", max_tokens=4), "moved-1", replica=ANY_REPLICA,
+                            headers={HEADER_RESTARTED: "1"})
+    plain = await queue.put(chat("hello", max_tokens=4), "plain-1", replica=ANY_REPLICA)
+    got = await replies(moved)
+    assert isinstance(got[0], Chunk) and got[0].restarted
+    assert not any(isinstance(r, Chunk) and r.restarted for r in got[1:])
+    assert isinstance(got[-1], Chunk) and got[-1].final
+    fresh = await replies(plain)
+    assert isinstance(fresh[-1], Chunk) and fresh[-1].final
+    assert not any(isinstance(r, Chunk) and r.restarted for r in fresh)
+    await wait_until(lambda: worker.completed == 2)
 
 
 # ---- credits: free slots, max_ack_pending, own subject before .any --------------------------------------

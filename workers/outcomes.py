@@ -12,8 +12,11 @@
 | shutdown past the grace period / engine dead     | nothing (another replica answers)| RELEASE | nak, short delay     |
 | still generating after ``in_progress_interval``  | (streaming goes on)              | —       | in-progress ack      |
 
-A redelivered message (``num_delivered > 1``) starts a fresh attempt whose first chunk has
+A restart — a JetStream redelivery (``num_delivered > 1``), or work a router moved off a
+dead replica's queue after that replica had been given it (the ``Slm-Restarted`` header:
+the move is a new message, delivered once) — starts a fresh attempt whose first chunk has
 ``restarted`` set, so the client drops partial output from the attempt that was lost.
+``is_restart`` is the one place that decides it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,21 @@ import enum
 
 from nats.aio.msg import Msg
 
+from subjects.names import HEADER_RESTARTED
+
 
 class Outcome(enum.Enum):
     DONE = "done"
     RETRY = "retry"
     POISON = "poison"
     RELEASE = "release"
+
+
+def is_restart(msg: Msg) -> bool:
+    """Whether an earlier attempt at this work may already have streamed to the client."""
+    if msg.metadata.num_delivered > 1:
+        return True
+    return bool(msg.headers and msg.headers.get(HEADER_RESTARTED))
 
 
 def after_failure(retryable: bool, deliveries: int, max_deliver: int) -> Outcome:

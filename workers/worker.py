@@ -51,7 +51,7 @@ from subjects.settings import (
 from workers.config import WorkerConfig
 from workers.engine import Engine, EngineDeadError, EngineGenerateError, EngineRequestError
 from workers.metrics import WorkerMetrics
-from workers.outcomes import Outcome, after_failure, settle
+from workers.outcomes import Outcome, after_failure, is_restart, settle
 from workers.pull import Puller
 
 log = logging.getLogger("slm.worker")
@@ -349,14 +349,15 @@ class Worker:
                               f"waited {waited:.3f}s in the queue; model {self.config.model!r} "
                               f"starts work only within {self.config.max_queue_delay}s")
             return Outcome.DONE
-        deliveries = msg.metadata.num_delivered
-        return await self._generate(msg, item, request, deliveries)
+        return await self._generate(msg, item, request, msg.metadata.num_delivered,
+                                    restarted=is_restart(msg))
 
     async def _generate(self, msg: Msg, item: WorkItem, request: ChatRequest,
-                        deliveries: int) -> Outcome:
+                        deliveries: int, *, restarted: bool) -> Outcome:
+        """``restarted``: an earlier attempt may have streamed, so the first chunk tells
+        the client to reset."""
         assert self.nc is not None
         rid = item.request_id
-        restarted = deliveries > 1  # an earlier attempt may have streamed: the client resets
         tokens = item.context.prompt_tokens + item.context.max_tokens
         loop = asyncio.get_running_loop()
         self._active.add(rid)
