@@ -45,6 +45,7 @@ from router.context import (
     LexiconLane,
     Signals,
     TextView,
+    WordTable,
     bigram_keys,
 )
 from subjects.messages import SafetyCategory, Script, Structured, TaskClass
@@ -303,7 +304,7 @@ class Scorer:
         self.thresholds = dict(model.thresholds)
         self._scale = float(model.scale)
         self._bias = [b / self._scale for b in model.bias]
-        self.table: dict[bytes | tuple[bytes, bytes], int] = dict(LEXICON_TABLE)
+        self.table = WordTable(LEXICON_TABLE)
         self._signals: dict[str, int] = {}
         for i, text in enumerate(model.keys):
             key = decode_key(text)
@@ -314,6 +315,7 @@ class Scorer:
                 self.table[key] = self.table.get(key, 0) + (packed << LEXICON_BITS)
         self._features = len(model.keys)
         self._add_british_spellings()
+        self.table.seal()  # complete: build the C pass's copy
         self._inv_scale = 1.0 / self._scale
         self._signal_tables()
 

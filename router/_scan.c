@@ -1,0 +1,387 @@
+/*
+ * router._scan: the scan window's word pass in C (optional accelerator).
+ *
+ * router/context.py's read_utf8 reads a prompt's scan window (at most ~512 bytes) into
+ * word counts per lexicon lane and the scorer's class sums. In pure Python each window
+ * word costs ~0.2 us on a 2-core box (a bytes object from split(), a set insert, a dict
+ * lookup, a big-int add), which is most of the routing decision. Here the same pass
+ * makes no Python object per word: one loop translates and splits the window, a small
+ * per-call hash set drops repeated words, and an open-addressing table built once from
+ * the Python table gives each word's (and bigram's) lanes.
+ *
+ * It must give exactly what the Python pass gives (tests/test_scan.py checks every dev
+ * prompt and random bytes against it); router/context.py falls back to the Python pass
+ * when this module is not built (no C compiler at install time).
+ *
+ * Python API:
+ *   ScanTable(translate, entries, lexicon_lanes, class_lanes, bigram_head, bigram_tail)
+ *     translate: 256 bytes, the bytes.translate table that lowercases words and maps
+ *                every separator to b" " (words are the runs of non-space bytes);
+ *     entries:   {key: (lexicon_mask, (class weight, ...))}; a key is a word, or two
+ *                words joined by one space (a bigram);
+ *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces)
+ *     lanes: lexicon lane counts over distinct words, then class sums over distinct
+ *     words and the head/tail bigrams (see router/context.py for the definitions).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_LEXICON_LANES 64
+#define MAX_CLASS_LANES 8
+#define STACK_WORDS 512
+
+typedef struct {
+    uint64_t hash; /* 0: empty slot */
+    Py_ssize_t key_offset;
+    Py_ssize_t key_length;
+    uint64_t lexicon; /* one bit per lexicon lane the word is on */
+    int32_t classes[MAX_CLASS_LANES];
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    unsigned char translate[256];
+    Entry *slots;
+    size_t mask; /* slots - 1, a power of two minus one */
+    char *keys;  /* every key's bytes, back to back */
+    int lexicon_lanes;
+    int class_lanes;
+    Py_ssize_t bigram_head;
+    Py_ssize_t bigram_tail;
+} ScanTable;
+
+/* FNV-1a, 64-bit: byte at a time, but words are short and it streams, so a bigram's
+ * hash is the hash of "first second" without building that string. */
+#define FNV_OFFSET 1469598103934665603ULL
+#define FNV_PRIME 1099511628211ULL
+
+static inline uint64_t fnv_update(uint64_t h, const unsigned char *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+static inline uint64_t nonzero(uint64_t h) { return h ? h : 1; }
+
+static void ScanTable_dealloc(ScanTable *self) {
+    PyMem_Free(self->slots);
+    PyMem_Free(self->keys);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"translate", "entries", "lexicon_lanes", "class_lanes",
+                             "bigram_head", "bigram_tail", NULL};
+    Py_buffer translate;
+    PyObject *entries;
+    int lexicon_lanes, class_lanes;
+    Py_ssize_t bigram_head, bigram_tail;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*O!iinn", kwlist, &translate, &PyDict_Type,
+                                     &entries, &lexicon_lanes, &class_lanes, &bigram_head,
+                                     &bigram_tail))
+        return -1;
+    if (translate.len != 256) {
+        PyBuffer_Release(&translate);
+        PyErr_SetString(PyExc_ValueError, "translate: must be 256 bytes");
+        return -1;
+    }
+    memcpy(self->translate, translate.buf, 256);
+    PyBuffer_Release(&translate);
+    if (lexicon_lanes < 0 || lexicon_lanes > MAX_LEXICON_LANES || class_lanes < 0 ||
+        class_lanes > MAX_CLASS_LANES) {
+        PyErr_Format(PyExc_ValueError, "lanes: at most %d lexicon and %d class lanes",
+                     MAX_LEXICON_LANES, MAX_CLASS_LANES);
+        return -1;
+    }
+    if (bigram_head < 2 || bigram_tail < 2) {
+        PyErr_SetString(PyExc_ValueError, "bigram_head and bigram_tail: at least 2 words each");
+        return -1;
+    }
+    self->lexicon_lanes = lexicon_lanes;
+    self->class_lanes = class_lanes;
+    self->bigram_head = bigram_head;
+    self->bigram_tail = bigram_tail;
+
+    Py_ssize_t count = PyDict_Size(entries), key_bytes = 0, pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(entries, &pos, &key, &value)) {
+        if (!PyBytes_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "entries: every key must be bytes");
+            return -1;
+        }
+        key_bytes += PyBytes_GET_SIZE(key);
+    }
+    size_t size = 16;
+    while (size < (size_t)count * 2) size <<= 1; /* at most half full: short probes */
+    PyMem_Free(self->slots);
+    PyMem_Free(self->keys);
+    self->slots = PyMem_Calloc(size, sizeof(Entry));
+    self->keys = PyMem_Malloc(key_bytes ? key_bytes : 1);
+    if (!self->slots || !self->keys) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->mask = size - 1;
+
+    Py_ssize_t offset = 0;
+    pos = 0;
+    while (PyDict_Next(entries, &pos, &key, &value)) {
+        PyObject *classes;
+        unsigned long long lexicon;
+        if (!PyArg_ParseTuple(value, "KO!;entries: a value is (lexicon_mask, (weights...))",
+                              &lexicon, &PyTuple_Type, &classes))
+            return -1;
+        if (PyTuple_GET_SIZE(classes) != class_lanes) {
+            PyErr_Format(PyExc_ValueError, "entries: %zd class weights, expected %d",
+                         PyTuple_GET_SIZE(classes), class_lanes);
+            return -1;
+        }
+        if (lexicon_lanes < 64 && (lexicon >> lexicon_lanes)) {
+            PyErr_SetString(PyExc_ValueError, "entries: lexicon mask has bits above the lanes");
+            return -1;
+        }
+        Py_ssize_t length = PyBytes_GET_SIZE(key);
+        const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(key);
+        uint64_t hash = nonzero(fnv_update(FNV_OFFSET, text, length));
+        size_t slot = hash & self->mask;
+        while (self->slots[slot].hash) {
+            Entry *seen = &self->slots[slot];
+            if (seen->hash == hash && seen->key_length == length &&
+                memcmp(self->keys + seen->key_offset, text, length) == 0) {
+                PyErr_SetString(PyExc_ValueError, "entries: duplicate key");
+                return -1;
+            }
+            slot = (slot + 1) & self->mask;
+        }
+        Entry *entry = &self->slots[slot];
+        for (int k = 0; k < class_lanes; k++) {
+            long weight = PyLong_AsLong(PyTuple_GET_ITEM(classes, k));
+            if (weight == -1 && PyErr_Occurred()) return -1;
+            if (weight < INT32_MIN || weight > INT32_MAX) {
+                PyErr_SetString(PyExc_OverflowError, "entries: a class weight must fit 32 bits");
+                return -1;
+            }
+            entry->classes[k] = (int32_t)weight;
+        }
+        memcpy(self->keys + offset, text, length);
+        entry->hash = hash;
+        entry->key_offset = offset;
+        entry->key_length = length;
+        entry->lexicon = lexicon;
+        offset += length;
+    }
+    return 0;
+}
+
+typedef struct {
+    Py_ssize_t start;
+    Py_ssize_t length;
+    uint64_t state; /* FNV-1a of the word's bytes, before nonzero() */
+} Word;
+
+/* The table entry for word `a` (and, when b is not NULL, " " and word `b`), or NULL. */
+static inline const Entry *lookup(const ScanTable *t, const unsigned char *text, uint64_t hash,
+                                  const Word *a, const Word *b) {
+    Py_ssize_t length = a->length + (b ? 1 + b->length : 0);
+    size_t slot = hash & t->mask;
+    for (;;) {
+        const Entry *e = &t->slots[slot];
+        if (!e->hash) return NULL;
+        if (e->hash == hash && e->key_length == length) {
+            const char *key = t->keys + e->key_offset;
+            if (memcmp(key, text + a->start, a->length) == 0 &&
+                (!b || (key[a->length] == ' ' &&
+                        memcmp(key + a->length + 1, text + b->start, b->length) == 0)))
+                return e;
+        }
+        slot = (slot + 1) & t->mask;
+    }
+}
+
+/* Class weights of the bigrams words[first..end), in order; repeats count every time,
+ * as in the Python pass. */
+static void add_bigrams(const ScanTable *t, const unsigned char *text, const Word *words,
+                        Py_ssize_t first, Py_ssize_t end, int64_t *sums) {
+    static const unsigned char space = ' ';
+    for (Py_ssize_t i = first; i + 1 < end; i++) {
+        const Word *a = &words[i], *b = &words[i + 1];
+        uint64_t state = fnv_update(fnv_update(a->state, &space, 1), text + b->start, b->length);
+        const Entry *e = lookup(t, text, nonzero(state), a, b);
+        if (e)
+            for (int k = 0; k < t->class_lanes; k++) sums[k] += e->classes[k];
+    }
+}
+
+static PyTypeObject ScanTableType;
+
+static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "scan(window, table): two arguments");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "scan: window must be bytes");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[1], &ScanTableType)) {
+        PyErr_SetString(PyExc_TypeError, "scan: table must be a ScanTable");
+        return NULL;
+    }
+    const ScanTable *t = (const ScanTable *)args[1];
+    const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+
+    /* Scratch: the translated window, the words, and the per-call set of distinct words
+     * (open addressing over word indexes + 1). On the stack for the usual window. */
+    unsigned char stack_text[4 * STACK_WORDS];
+    Word stack_words[STACK_WORDS];
+    uint32_t stack_seen[2 * STACK_WORDS];
+    unsigned char *text = stack_text;
+    Word *words = stack_words;
+    uint32_t *seen = stack_seen;
+    Py_ssize_t max_words = n / 2 + 1; /* a word and a separator at least, but the last */
+    size_t seen_size = 16;
+    while (seen_size < (size_t)max_words * 2) seen_size <<= 1;
+    int heap = n > (Py_ssize_t)sizeof(stack_text) || max_words > STACK_WORDS ||
+               seen_size > 2 * STACK_WORDS;
+    if (heap) {
+        if ((size_t)max_words > UINT32_MAX / 2) {
+            PyErr_SetString(PyExc_ValueError, "scan: window too large");
+            return NULL;
+        }
+        text = PyMem_Malloc(n ? n : 1);
+        words = PyMem_Malloc(sizeof(Word) * max_words);
+        seen = PyMem_Malloc(sizeof(uint32_t) * seen_size);
+        if (!text || !words || !seen) {
+            PyMem_Free(text);
+            PyMem_Free(words);
+            PyMem_Free(seen);
+            return PyErr_NoMemory();
+        }
+    }
+    memset(seen, 0, sizeof(uint32_t) * seen_size);
+
+    Py_ssize_t word_count = 0, separators = 0, digits = 0, spaces = 0, start = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = raw[i], w = t->translate[c];
+        text[i] = w;
+        spaces += (c == ' ') | (c == '\n');
+        if (w == ' ') {
+            separators++;
+            if (start >= 0) {
+                words[word_count].start = start;
+                words[word_count].length = i - start;
+                word_count++;
+                start = -1;
+            }
+        } else {
+            digits += w == '0';
+            if (start < 0) start = i;
+        }
+    }
+    if (start >= 0) {
+        words[word_count].start = start;
+        words[word_count].length = n - start;
+        word_count++;
+    }
+
+    Py_ssize_t distinct = 0;
+    int lexicon[MAX_LEXICON_LANES] = {0};
+    int64_t sums[MAX_CLASS_LANES] = {0};
+    size_t seen_mask = seen_size - 1;
+    for (Py_ssize_t i = 0; i < word_count; i++) {
+        Word *word = &words[i];
+        word->state = fnv_update(FNV_OFFSET, text + word->start, word->length);
+        uint64_t hash = nonzero(word->state);
+        size_t slot = hash & seen_mask;
+        int repeat = 0;
+        while (seen[slot]) {
+            const Word *other = &words[seen[slot] - 1];
+            if (other->length == word->length && other->state == word->state &&
+                memcmp(text + other->start, text + word->start, word->length) == 0) {
+                repeat = 1;
+                break;
+            }
+            slot = (slot + 1) & seen_mask;
+        }
+        if (repeat) continue; /* each distinct word counts once */
+        seen[slot] = (uint32_t)(i + 1);
+        distinct++;
+        const Entry *e = lookup(t, text, hash, word, NULL);
+        if (!e) continue;
+        for (uint64_t bits = e->lexicon; bits; bits &= bits - 1) lexicon[__builtin_ctzll(bits)]++;
+        for (int k = 0; k < t->class_lanes; k++) sums[k] += e->classes[k];
+    }
+
+    Py_ssize_t features;
+    if (word_count > t->bigram_head) {
+        add_bigrams(t, text, words, 0, t->bigram_head, sums);
+        add_bigrams(t, text, words, word_count - t->bigram_tail, word_count, sums);
+        features = distinct + (t->bigram_head - 1) + (t->bigram_tail - 1);
+    } else {
+        add_bigrams(t, text, words, 0, word_count, sums);
+        features = word_count ? distinct + word_count - 1 : 0;
+    }
+    if (heap) {
+        PyMem_Free(text);
+        PyMem_Free(words);
+        PyMem_Free(seen);
+    }
+
+    PyObject *lanes = PyTuple_New(t->lexicon_lanes + t->class_lanes);
+    if (!lanes) return NULL;
+    for (int k = 0; k < t->lexicon_lanes; k++) {
+        PyObject *v = PyLong_FromLong(lexicon[k]);
+        if (!v) goto fail;
+        PyTuple_SET_ITEM(lanes, k, v);
+    }
+    for (int k = 0; k < t->class_lanes; k++) {
+        PyObject *v = PyLong_FromLongLong(sums[k]);
+        if (!v) goto fail;
+        PyTuple_SET_ITEM(lanes, t->lexicon_lanes + k, v);
+    }
+    return Py_BuildValue("(Nnnnnn)", lanes, word_count, features, n - separators, digits, spaces);
+fail:
+    Py_DECREF(lanes);
+    return NULL;
+}
+
+static PyTypeObject ScanTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "router._scan.ScanTable",
+    .tp_basicsize = sizeof(ScanTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A word and bigram table for scan(), built once from the Python table.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ScanTable_init,
+    .tp_dealloc = (destructor)ScanTable_dealloc,
+};
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "router._scan",
+    "The scan window's word pass in C; see router/context.py.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    if (PyType_Ready(&ScanTableType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ScanTableType);
+    if (PyModule_AddObject(m, "ScanTable", (PyObject *)&ScanTableType) < 0) {
+        Py_DECREF(&ScanTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
