@@ -351,6 +351,165 @@ fail:
     return NULL;
 }
 
+/* ---- prompt-wide passes over the str itself (no UTF-8 copy of a long prompt) ---- */
+
+/* utf8_length(text) -> the length of text.encode("utf-8", "surrogatepass"). One loop per
+ * storage width, each simple enough for the compiler to vectorise (32-bit counters over
+ * chunks, so the adds stay in vector lanes). */
+#define CHUNK 65536
+
+static PyObject *utf8_length(PyObject *module, PyObject *text) {
+    (void)module;
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "utf8_length: text must be a str");
+        return NULL;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), extra = 0;
+    const void *data = PyUnicode_DATA(text);
+    if (PyUnicode_IS_ASCII(text)) return PyLong_FromSsize_t(n);
+    int kind = PyUnicode_KIND(text);
+    for (Py_ssize_t at = 0; at < n; at += CHUNK) {
+        Py_ssize_t end = n - at < CHUNK ? n : at + CHUNK;
+        uint32_t chunk = 0;
+        if (kind == PyUnicode_1BYTE_KIND) {
+            const Py_UCS1 *p = data;
+            for (Py_ssize_t i = at; i < end; i++) chunk += p[i] >> 7;
+        } else if (kind == PyUnicode_2BYTE_KIND) {
+            const Py_UCS2 *p = data;
+            for (Py_ssize_t i = at; i < end; i++) chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF);
+        } else {
+            const Py_UCS4 *p = data;
+            for (Py_ssize_t i = at; i < end; i++)
+                chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
+        }
+        extra += chunk;
+    }
+    return PyLong_FromSsize_t(n + extra);
+}
+
+/* A block's canonical bytes: its characters at the narrowest fixed width that holds them
+ * all (1 byte each if all are below U+0100, 2 little-endian if below U+10000, else 4),
+ * i.e. how CPython would store the block as a str of its own. That depends on the
+ * block's characters only, never on the width the whole prompt is stored at, and is
+ * usually the prompt's own memory (no copy). Returns a pointer to the bytes (into the
+ * str, or into `out`, which has room for 4 bytes a character) and sets *size. */
+#if PY_BIG_ENDIAN
+#define IN_PLACE 0 /* stored big-endian: always copy, little-endian */
+#else
+#define IN_PLACE 1
+#endif
+
+#define NARROW(TYPE_IN, TYPE_OUT)                                                              \
+    do {                                                                                       \
+        const TYPE_IN *p = (const TYPE_IN *)data + start;                                      \
+        TYPE_OUT *o = (TYPE_OUT *)out;                                                         \
+        for (Py_ssize_t i = 0; i < n; i++) o[i] = (TYPE_OUT)p[i];                              \
+    } while (0)
+
+static const unsigned char *canonical_block(int kind, const void *data, Py_ssize_t start,
+                                            Py_ssize_t n, unsigned char *out, Py_ssize_t *size) {
+    if (kind == PyUnicode_1BYTE_KIND) {
+        *size = n;
+        return (const unsigned char *)data + start;
+    }
+    Py_UCS4 top = 0;
+    int width;
+    if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *p = (const Py_UCS2 *)data + start;
+        Py_UCS2 t = 0;
+        for (Py_ssize_t i = 0; i < n; i++) t |= p[i];
+        top = t;
+        width = 2;
+    } else {
+        const Py_UCS4 *p = (const Py_UCS4 *)data + start;
+        for (Py_ssize_t i = 0; i < n; i++) top |= p[i];
+        width = 4;
+    }
+    /* top is an OR, not a max: it is below 2^k exactly when every character is. */
+    int need = top < 0x100 ? 1 : top < 0x10000 ? 2 : 4;
+    *size = n * need;
+    if (need == width && IN_PLACE) return (const unsigned char *)data + (size_t)start * width;
+    if (need == 1) {
+        if (width == 2) NARROW(Py_UCS2, uint8_t);
+        else NARROW(Py_UCS4, uint8_t);
+    } else if (need == 2) {
+        if (width == 2) NARROW(Py_UCS2, uint16_t);
+        else NARROW(Py_UCS4, uint16_t);
+    } else {
+        NARROW(Py_UCS4, uint32_t);
+    }
+#if PY_BIG_ENDIAN
+    for (Py_ssize_t i = 0; i < n && need > 1; i++) { /* to little-endian */
+        unsigned char *c = out + i * need;
+        for (int a = 0, b = need - 1; a < b; a++, b--) {
+            unsigned char x = c[a];
+            c[a] = c[b];
+            c[b] = x;
+        }
+    }
+#endif
+    return out;
+}
+
+/* block_hashes(text, digest, block_chars, max_blocks) -> tuple of 63-bit ints.
+ * Chained: h_i = digest(canonical(block_i), h_{i-1}) >> 1 over every full block of
+ * block_chars characters (at most max_blocks); digest is xxhash.xxh3_64_intdigest. */
+static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4 || !PyUnicode_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "block_hashes(text: str, digest, block_chars, max_blocks)");
+        return NULL;
+    }
+    Py_ssize_t step = PyLong_AsSsize_t(args[2]), most = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    if (step < 1 || most < 0) {
+        PyErr_SetString(PyExc_ValueError, "block_hashes: block_chars >= 1 and max_blocks >= 0");
+        return NULL;
+    }
+    PyObject *text = args[0], *digest = args[1];
+    Py_ssize_t blocks = PyUnicode_GET_LENGTH(text) / step;
+    if (blocks > most) blocks = most;
+    PyObject *hashes = PyTuple_New(blocks);
+    if (!hashes || !blocks) return hashes;
+    unsigned char *buffer = PyMem_Malloc(4 * (size_t)step);
+    if (!buffer) {
+        Py_DECREF(hashes);
+        return PyErr_NoMemory();
+    }
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    PyObject *seed = PyLong_FromLong(0);
+    for (Py_ssize_t b = 0; seed && b < blocks; b++) {
+        Py_ssize_t size;
+        const unsigned char *bytes = canonical_block(kind, data, b * step, step, buffer, &size);
+        PyObject *view = PyMemoryView_FromMemory((char *)bytes, size, PyBUF_READ);
+        PyObject *call[2] = {view, seed};
+        PyObject *h = view ? PyObject_Vectorcall(digest, call, 2, NULL) : NULL;
+        Py_XDECREF(view);
+        Py_DECREF(seed);
+        seed = h;
+        if (!h) break;
+        unsigned long long value = PyLong_AsUnsignedLongLong(h);
+        if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_CLEAR(seed);
+            break;
+        }
+        PyObject *shifted = PyLong_FromUnsignedLongLong(value >> 1);
+        if (!shifted) {
+            Py_CLEAR(seed);
+            break;
+        }
+        PyTuple_SET_ITEM(hashes, b, shifted);
+    }
+    PyMem_Free(buffer);
+    if (!seed) {
+        Py_DECREF(hashes);
+        return NULL;
+    }
+    Py_DECREF(seed);
+    return hashes;
+}
+
 static PyTypeObject ScanTableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "router._scan.ScanTable",
@@ -365,6 +524,10 @@ static PyTypeObject ScanTableType = {
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces)"},
+    {"utf8_length", (PyCFunction)utf8_length, METH_O,
+     "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
+    {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
+     "block_hashes(text, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,10 +3,13 @@
 The budget is a few microseconds per request in pure Python, so every step that touches
 the prompt's characters is one C-level call, and no Python-level loop runs per word:
 
-1. The conversation is encoded to UTF-8 once (the prefix hashes need those bytes).
-2. The scan window (the first ``HEAD_BYTES`` and last ``TAIL_BYTES`` of those bytes: the
-   ask is usually at the start or the end, and a 32 KB paste must cost no more than a
-   short prompt) is lowercased and cut into words by one ``bytes.translate`` + ``split``.
+1. The conversation is laid out as one str; only its two ends are encoded to UTF-8
+   (CPython encodes a str holding any non-ASCII character at ~1 ns a character here, so a
+   whole 32 KB prompt would cost ~50 us just to encode).
+2. The scan window (the first ``HEAD_BYTES`` and last ``TAIL_BYTES`` of the prompt's
+   UTF-8: the ask is usually at the start or the end, and a 32 KB paste must cost no more
+   than a short prompt) is lowercased and cut into words by one ``bytes.translate`` +
+   ``split``.
 3. One ``sum(map(table.get, words))`` reads every lexicon *and* the scorer's word weights
    at once: each word's table entry is an int holding a count lane per lexicon (code
    keywords, the harm lexicon, ...) in its low bits and, when a scorer supplied the
@@ -14,13 +17,13 @@ the prompt's characters is one C-level call, and no Python-level loop runs per w
    router/scorer.py). The sum is split into lanes by one ``int.to_bytes`` + ``struct``
    unpack. A signal is then a lane count, and the few signals that need word order
    (an ask verb followed by a program noun) look at the words only when their lanes fired.
-4. One xxhash pass over the whole prompt gives the prefix hashes; the token estimate
+4. One xxhash pass over the prompt's blocks gives the prefix hashes; the token estimate
    comes from byte counts of the window (no tokenizer).
 
-Steps 2 and 3 have a C twin, router/_scan.c (built at install when a C compiler is
-there): the same counts and sums with no Python object per word, ~10x faster. A table
-sealed with ``WordTable.seal`` carries the C copy; the Python pass stays as the
-reference and the fallback, and tests check the two agree.
+Steps 2-4 have a C twin, router/_scan.c (built at install when a C compiler is there):
+the same counts, sums and hashes with no Python object per word or block. A table sealed
+with ``WordTable.seal`` carries the C copy; the Python code stays as the reference and
+the fallback, and tests/test_scan.py checks the two agree.
 
 Regexes are avoided on purpose: an alternation costs ~50 ns per character scanned here,
 which is the whole budget for a 1 KB prompt.
@@ -38,10 +41,11 @@ import xxhash
 
 try:  # the optional C twin of the window pass (setup.py); absent without a C compiler
     from router._scan import ScanTable as _ScanTable
+    from router._scan import block_hashes as _native_block_hashes
     from router._scan import scan as _native_scan
+    from router._scan import utf8_length as _native_utf8_length
 except ImportError:  # pragma: no cover - depends on the install
-    _ScanTable = None
-    _native_scan = None
+    _ScanTable = _native_block_hashes = _native_scan = _native_utf8_length = None
 
 from subjects.messages import (
     ChatRequest,
@@ -55,8 +59,13 @@ from subjects.messages import (
 if TYPE_CHECKING:
     from router.scorer import Scorer
 
-# Prompt text is hashed in fixed-size blocks; hashes are chained, so hash i names the
-# whole prompt up to the end of block i. 2,048 characters is about 512 tokens of English.
+# Prompt text is hashed in fixed-size blocks of characters; hashes are chained, so hash i
+# names the whole prompt up to the end of block i. 2,048 characters is about 512 tokens of
+# English. A block is hashed as its characters at the narrowest fixed width that holds
+# them all (Latin-1; else UTF-16-LE; else UTF-32-LE): how CPython would store the block as
+# a str of its own, so a function of its characters alone, and for ASCII the same bytes
+# as UTF-8. The C twin hashes the prompt's own memory in place, where UTF-8 would need
+# an encode of the whole prompt (~1 ns a character for non-ASCII text here).
 # Replica choice and the trace replay depend on exactly this scheme: change it only
 # together with them.
 PREFIX_BLOCK_CHARS = 2048
@@ -396,9 +405,9 @@ class TextView(NamedTuple):
     objects, and only the rare checks need them) are the window's word tokens in order.
     """
 
-    chars: int  # characters in the whole prompt
-    utf8: bytes  # the whole prompt, UTF-8 (prefix hashes are taken over these bytes)
-    window: bytes  # the scan window, as in the prompt (not lowercased)
+    text: str  # the whole prompt (prefix hashes are taken over it)
+    utf8_bytes: int  # the whole prompt's length in UTF-8 (the token estimate scales by it)
+    window: bytes  # the scan window: UTF-8, as in the prompt (not lowercased)
     word_count: int  # words in the window
     text_features: int  # how many word and bigram features the lanes include
     lanes: tuple[int, ...]
@@ -428,29 +437,20 @@ class Signals(NamedTuple):
 
 def prompt_text(request: ChatRequest) -> str:
     """The conversation as one string, in the order a chat template would lay it out."""
-    return "".join(f"{m.role}\x1f{m.text()}\x1e" for m in request.messages)
-
-
-def prompt_utf8(request: ChatRequest) -> tuple[bytes, int]:
-    """``prompt_text(request)`` as UTF-8, and its length in characters.
-
-    Encoded message by message: a non-ASCII character makes CPython store (and encode)
-    its whole string more slowly, and this way only its own message pays.
-    """
     messages = request.messages
-    if len(messages) == 1:  # the common case, without the loop
+    if len(messages) == 1:  # the common case, without the generator
         m = messages[0]
-        text = m.text()
-        return b"".join((m.role.encode("utf-8", "surrogatepass"), b"\x1f",
-                         text.encode("utf-8", "surrogatepass"), b"\x1e")), len(m.role) + len(text) + 2
-    chars = 0
-    pieces: list[bytes] = []
-    for m in messages:
-        text = m.text()
-        chars += len(m.role) + len(text) + 2
-        pieces += (m.role.encode("utf-8", "surrogatepass"), b"\x1f",
-                   text.encode("utf-8", "surrogatepass"), b"\x1e")
-    return b"".join(pieces), chars
+        return f"{m.role}\x1f{m.text()}\x1e"
+    return "".join(f"{m.role}\x1f{m.text()}\x1e" for m in messages)
+
+
+def utf8_length(text: str) -> int:
+    """``len(text.encode("utf-8", "surrogatepass"))``, without encoding when C can count."""
+    if text.isascii():
+        return len(text)
+    if _native_utf8_length is not None:
+        return _native_utf8_length(text)  # type: ignore[no-any-return]
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def estimate_tokens(text: str) -> int:
@@ -459,40 +459,48 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_view_tokens(view: TextView) -> int:
-    chars, utf8, window, words, _, _, alnum, digits, spaces = view  # one unpack: no per-field reads
+    text, utf8_bytes, window, words, _, _, alnum, digits, spaces = view  # one unpack: no per-field reads
+    chars = len(text)
     size = len(window)
     punct = size - alnum - spaces
     in_window = (TOKENS_PER_ALNUM * alnum + TOKENS_PER_WORD * words
                  + TOKENS_PER_DIGIT * digits + TOKENS_PER_PUNCT * (punct if punct > 0 else 0))
-    scale = len(utf8) / size if size else 0.0
-    extra = (len(utf8) - chars) / EXTRA_BYTES_PER_TOKEN
+    scale = utf8_bytes / size if size else 0.0
+    extra = (utf8_bytes - chars) / EXTRA_BYTES_PER_TOKEN
     # The floor guards windows unlike the rest of the prompt (one 1 KB "word" of padding).
     return max(int(in_window * scale + extra + 0.5), chars // MAX_CHARS_PER_TOKEN, 1)
 
 
-def read_text(text: str, table: dict[bytes | tuple[bytes, bytes], int] = LEXICON_TABLE) -> TextView:
-    """The TextView of one string (tests, the token estimate)."""
-    return read_utf8(text.encode("utf-8", "surrogatepass"), len(text), table)
-
-
 def read_request(request: ChatRequest, table: dict[bytes | tuple[bytes, bytes], int] = LEXICON_TABLE) -> TextView:
     """The request's TextView; ``table`` is LEXICON_TABLE or a scorer's ``table``."""
-    utf8, chars = prompt_utf8(request)
-    return read_utf8(utf8, chars, table)
+    return read_text(prompt_text(request), table)
 
 
-def read_utf8(utf8: bytes, chars: int, table: dict[bytes | tuple[bytes, bytes], int]) -> TextView:
-    """The TextView of a prompt's UTF-8; the C pass when ``table`` is sealed with one."""
-    raw = utf8 if len(utf8) <= WINDOW_BYTES else utf8[:HEAD_BYTES] + b"\n" + utf8[-TAIL_BYTES:]
+def read_text(text: str, table: dict[bytes | tuple[bytes, bytes], int] = LEXICON_TABLE) -> TextView:
+    """The TextView of a prompt (``prompt_text``); the C pass when ``table`` is sealed.
+
+    The window is the first HEAD_BYTES and the last TAIL_BYTES of the prompt's UTF-8, cut
+    from the encodings of its first and last characters only: n characters encode to at
+    least n bytes, so these are the same bytes as the whole encoding's ends.
+    """
+    if len(text) > WINDOW_BYTES:  # so its UTF-8 is longer still: a cut window
+        raw = (text[:HEAD_BYTES].encode("utf-8", "surrogatepass")[:HEAD_BYTES] + b"\n"
+               + text[-TAIL_BYTES:].encode("utf-8", "surrogatepass")[-TAIL_BYTES:])
+        utf8_bytes = utf8_length(text)
+    else:
+        raw = text.encode("utf-8", "surrogatepass")
+        utf8_bytes = len(raw)
+        if utf8_bytes > WINDOW_BYTES:
+            raw = raw[:HEAD_BYTES] + b"\n" + raw[-TAIL_BYTES:]
     native = getattr(table, "native", None)
     if native is not None:
         lanes, words, features, alnum, digits, spaces = _native_scan(raw, native)
-        return _new_tuple(TextView, (chars, utf8, raw, words, features, lanes, alnum, digits, spaces))
-    return python_view(utf8, chars, raw, table)
+        return _new_tuple(TextView, (text, utf8_bytes, raw, words, features, lanes, alnum, digits, spaces))
+    return python_view(text, utf8_bytes, raw, table)
 
 
-def python_view(utf8: bytes, chars: int, raw: bytes, table: dict[bytes | tuple[bytes, bytes], int]) -> TextView:
-    """``read_utf8``'s Python pass over the window ``raw`` (the reference for router/_scan.c)."""
+def python_view(text: str, utf8_bytes: int, raw: bytes, table: dict[bytes | tuple[bytes, bytes], int]) -> TextView:
+    """``read_text``'s Python pass over the window ``raw`` (the reference for router/_scan.c)."""
     spaced = raw.translate(_WORD_BYTES)
     words = spaced.split()
     # Each distinct word counts once: a passage that repeats itself must not outweigh the
@@ -508,7 +516,7 @@ def python_view(utf8: bytes, chars: int, raw: bytes, table: dict[bytes | tuple[b
     total = sum(map(table.get, keys, _ZEROS))  # every lexicon and class weight at once
     size = len(raw)
     return _new_tuple(TextView, (  # TextView(...) would add a Python-level call
-        chars, utf8, raw, len(words), features,
+        text, utf8_bytes, raw, len(words), features,
         _LANES.unpack(((total + _BIAS) ^ _BIAS).to_bytes(_LANES.size, "little")),  # split_lanes
         size - spaced.count(b" "),  # alnum_bytes
         spaced.count(b"0"),  # digit_bytes
@@ -689,25 +697,34 @@ def stable_hash(text: str) -> int:
     return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass")) >> 1
 
 
-def prefix_hashes(text: str, data: bytes | None = None) -> tuple[int, ...]:
-    """Chained hashes at every full block boundary (block i's hash covers blocks 0..i).
-
-    ``data`` is ``text`` as UTF-8 when the caller has it already (``text`` is then unused).
-    """
-    if data is None:
-        data = text.encode("utf-8", "surrogatepass")
-    step = PREFIX_BLOCK_CHARS
-    end = min(len(data), step * MAX_PREFIX_BLOCKS) - step + 1
-    if end <= 0:
+def prefix_hashes(text: str) -> tuple[int, ...]:
+    """Chained hashes at every full block boundary (block i's hash covers blocks 0..i)."""
+    if len(text) < PREFIX_BLOCK_CHARS:
         return ()
-    blocks = memoryview(data)  # slices without copying the prompt
-    digest = xxhash.xxh3_64_intdigest
+    if _native_block_hashes is not None:
+        return _native_block_hashes(text, _DIGEST, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)  # type: ignore[no-any-return]
+    return python_prefix_hashes(text)
+
+
+def python_prefix_hashes(text: str) -> tuple[int, ...]:
+    """``prefix_hashes`` in Python (the reference for router/_scan.c's block_hashes)."""
+    step = PREFIX_BLOCK_CHARS
     hashes: list[int] = []
     h = 0
-    for start in range(0, end, step):
-        h = digest(blocks[start : start + step], h)
+    for start in range(0, min(len(text), step * MAX_PREFIX_BLOCKS) - step + 1, step):
+        block = text[start : start + step]
+        try:
+            data = block.encode("latin-1")
+        except UnicodeEncodeError:
+            data = block.encode("utf-16-le", "surrogatepass")
+            if len(data) != 2 * len(block):  # a character past U+FFFF took two code units
+                data = block.encode("utf-32-le", "surrogatepass")
+        h = _DIGEST(data, h)
         hashes.append(h >> 1)
     return tuple(hashes)
+
+
+_DIGEST = xxhash.xxh3_64_intdigest
 
 
 class PrefixMemory:
@@ -757,7 +774,8 @@ def build_context(
     """The request's RoutingContext; scorer fields stay neutral when no scorer is given."""
     view = read_request(request, LEXICON_TABLE if scorer is None else scorer.table)
     signals = read_signals(request, view)
-    hashes = prefix_hashes("", view.utf8) if len(view.utf8) >= PREFIX_BLOCK_CHARS else ()
+    text = view.text
+    hashes = prefix_hashes(text) if len(text) >= PREFIX_BLOCK_CHARS else ()
     seen = 0
     if memory is not None and hashes:
         seen = memory.seen_depth(hashes)

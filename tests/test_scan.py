@@ -1,8 +1,8 @@
-"""router/_scan.c must read a window exactly as router/context.py's Python pass does.
+"""router/_scan.c must give exactly what router/context.py's Python code gives.
 
-The C pass is an optional accelerator (built at install when a C compiler is there); the
-Python pass is the reference. Every dev prompt, random bytes and the edge cases below are
-read both ways and compared field by field.
+The C twin is an optional accelerator (built at install when a C compiler is there); the
+Python code is the reference. Every dev prompt, random bytes and text, and the edge cases
+below are read both ways and compared field by field.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,11 +20,19 @@ from router.context import (
     BIGRAM_HEAD_WORDS,
     BIGRAM_TAIL_WORDS,
     CLASS_LANES,
+    HEAD_BYTES,
     LEXICON_LANES,
     LEXICON_TABLE,
+    MAX_PREFIX_BLOCKS,
+    PREFIX_BLOCK_CHARS,
+    TAIL_BYTES,
+    WINDOW_BYTES,
     WordTable,
+    prefix_hashes,
+    prompt_text,
+    python_prefix_hashes,
     python_view,
-    read_utf8,
+    read_text,
 )
 from router.scorer import shared_scorer
 from subjects.messages import ChatMessage, ChatRequest
@@ -34,9 +43,14 @@ DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "dev
 
 
 def both_ways(data: bytes, table: WordTable) -> tuple[context.TextView, context.TextView]:
-    """(C pass, Python pass) over the window read_utf8 cuts from ``data``."""
-    native = read_utf8(data, len(data), table)
-    return native, python_view(data, len(data), native.window, dict(table))
+    """(C pass, Python pass) over the window ``data`` (a plain dict has no C copy)."""
+    return scanned(data, table), python_view("", 0, data, dict(table))
+
+
+def scanned(data: bytes, table: WordTable) -> context.TextView:
+    """The C pass's view of the window ``data``."""
+    lanes, words, features, alnum, digits, spaces = scan.scan(data, table.native)
+    return context.TextView("", 0, data, words, features, lanes, alnum, digits, spaces)
 
 
 def test_the_shipped_tables_carry_the_c_copy() -> None:
@@ -52,9 +66,8 @@ def test_every_dev_prompt_reads_the_same_both_ways() -> None:
     for row in rows:
         req = ChatRequest(messages=[ChatMessage(role=m["role"], content=m["content"])
                                     for m in row["request"]["messages"]])
-        data, _ = context.prompt_utf8(req)
-        native, python = both_ways(data, table)
-        assert native == python, row["id"]
+        text = prompt_text(req)
+        assert read_text(text, table) == read_text(text, dict(table)), row["id"]
 
 
 # Words the tables know (so lookups hit), separators, digits, non-ASCII and cut UTF-8.
@@ -84,12 +97,9 @@ def test_bigram_edges_read_the_same_both_ways(words: int) -> None:
 def test_a_window_larger_than_the_stack_buffers_reads_the_same() -> None:
     # read_utf8 never passes more than WINDOW_BYTES, but the C pass must not trust that.
     data = b" ".join(known[i % len(known)] for i in range(3000))
-    table = shared_scorer().table
-    lanes, words, features, alnum, digits, spaces = scan.scan(data, table.native)
-    python = python_view(data, len(data), data, dict(table))
-    assert (lanes, words, features, alnum, digits, spaces) == (
-        python.lanes, python.word_count, python.text_features, python.alnum_bytes,
-        python.digit_bytes, python.space_bytes)
+    native, python = both_ways(data, shared_scorer().table)
+    assert native == python
+    assert native.word_count == 3000
 
 
 def test_changing_a_sealed_table_drops_its_c_copy() -> None:
@@ -97,7 +107,7 @@ def test_changing_a_sealed_table_drops_its_c_copy() -> None:
     assert table.native is not None
     table[b"newword"] = 1
     assert table.native is None  # the Python pass reads it now, never a stale copy
-    view = read_utf8(b"newword", 7, table)
+    view = read_text("newword", table)
     assert view.lanes[0] == 1
 
 
@@ -121,3 +131,66 @@ def test_scan_refuses_bad_arguments() -> None:
     with pytest.raises(TypeError, match="table must be a ScanTable"):
         scan.scan(b"text", {})
 
+
+
+# ---- prompt-wide passes: UTF-8 length, the window's ends, prefix hashes ----------------------
+
+# Every storage width CPython picks (ASCII, Latin-1, BMP, astral) and lone surrogates.
+characters = st.one_of(st.characters(max_codepoint=0x7F), st.characters(min_codepoint=0x80, max_codepoint=0xFF),
+                       st.characters(min_codepoint=0x100, max_codepoint=0xFFFF),
+                       st.characters(min_codepoint=0x10000), st.sampled_from(["\ud800", "\udfff"]))
+prompts = st.one_of(st.text(characters, max_size=600),
+                    st.tuples(st.text(characters, max_size=40), st.integers(0, 3 * PREFIX_BLOCK_CHARS),
+                              st.text(characters, max_size=40)).map(lambda t: t[0] + "a" * t[1] + t[2]))
+
+
+@settings(deadline=None, max_examples=300)
+@given(prompts)
+def test_utf8_length_counts_what_encoding_would(text: str) -> None:
+    assert scan.utf8_length(text) == len(text.encode("utf-8", "surrogatepass"))
+    assert context.utf8_length(text) == len(text.encode("utf-8", "surrogatepass"))
+
+
+@settings(deadline=None, max_examples=300)
+@given(prompts)
+def test_the_window_is_the_ends_of_the_whole_encoding(text: str) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    expected = data if len(data) <= WINDOW_BYTES else data[:HEAD_BYTES] + b"\n" + data[-TAIL_BYTES:]
+    view = read_text(text, shared_scorer().table)
+    assert view.window == expected
+    assert view.utf8_bytes == len(data)
+    assert view == read_text(text, dict(shared_scorer().table))
+
+
+@settings(deadline=None, max_examples=200)
+@given(prompts)
+def test_block_hashes_match_the_python_reference(text: str) -> None:
+    assert prefix_hashes(text) == python_prefix_hashes(text)
+
+
+def test_a_block_hashes_the_same_whatever_the_rest_of_the_prompt_holds() -> None:
+    # The same first blocks inside an ASCII, a Latin-1, a BMP and an astral str: CPython
+    # stores each at another width, and the hashes must not see it.
+    shared = "é" * 10 + "x" * (2 * PREFIX_BLOCK_CHARS)
+    hashes = [prefix_hashes(shared + tail)[:2] for tail in ("", "ÿ", "€", "😀")]
+    assert len(hashes[0]) == 2 and all(h == hashes[0] for h in hashes)
+    ascii_prompt = "x" * (3 * PREFIX_BLOCK_CHARS)  # all-ASCII blocks hash as their bytes
+    expected, h = [], 0
+    for i in range(3):
+        h = xxhash.xxh3_64_intdigest(ascii_prompt[i * PREFIX_BLOCK_CHARS:(i + 1) * PREFIX_BLOCK_CHARS].encode(), h)
+        expected.append(h >> 1)
+    assert list(prefix_hashes(ascii_prompt + "€")) == expected
+
+
+def test_at_most_max_blocks_are_hashed() -> None:
+    text = "ab" * (PREFIX_BLOCK_CHARS * (MAX_PREFIX_BLOCKS + 3))
+    assert len(prefix_hashes(text)) == MAX_PREFIX_BLOCKS == len(python_prefix_hashes(text))
+
+
+def test_block_hashes_refuses_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="block_hashes"):
+        scan.block_hashes(b"bytes", xxhash.xxh3_64_intdigest, 2048, 64)
+    with pytest.raises(ValueError, match="block_chars >= 1"):
+        scan.block_hashes("text", xxhash.xxh3_64_intdigest, 0, 64)
+    with pytest.raises(TypeError, match="utf8_length"):
+        scan.utf8_length(b"bytes")
