@@ -7,4 +7,4 @@ uses its pure-Python pass (same results, slower).
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("router._scan", ["router/_scan.c"], optional=True,
-                             extra_compile_args=["-O3"])])
+                             extra_compile_args=["-O3", "-ffp-contract=off"])])

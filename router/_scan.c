@@ -510,6 +510,197 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
     return hashes;
 }
 
+/* ---- the scorer's last step: signal weights, the linear sum and the softmax ---- */
+
+#include <math.h>
+
+#define CLASSES 5
+#define SIGNAL_GROUPS 6 /* token bucket, structured, script, safety, digits bucket, code markers */
+
+typedef struct {
+    PyObject_HEAD
+    double bias[CLASSES];
+    double inv_scale;
+    int lexicon_lanes;
+    Py_ssize_t sizes[SIGNAL_GROUPS];
+    int32_t *weights[SIGNAL_GROUPS]; /* [size][CLASSES] each */
+    int32_t question[CLASSES];
+} ClassModel;
+
+static void ClassModel_dealloc(ClassModel *self) {
+    for (int g = 0; g < SIGNAL_GROUPS; g++) PyMem_Free(self->weights[g]);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* CLASSES weights from a sequence of ints into out. */
+static int read_weights(PyObject *row, int32_t *out, const char *what) {
+    PyObject *seq = PySequence_Fast(row, what);
+    if (!seq) return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != CLASSES) {
+        PyErr_Format(PyExc_ValueError, "%s: %d class weights expected", what, CLASSES);
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (int k = 0; k < CLASSES; k++) {
+        long w = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, k));
+        if ((w == -1 && PyErr_Occurred()) || w < INT32_MIN || w > INT32_MAX) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_OverflowError, "%s: a weight must fit 32 bits", what);
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[k] = (int32_t)w;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* ClassModel(bias, inv_scale, lexicon_lanes, groups, question): groups are the six signal
+ * groups in router.scorer order, each a list of per-value class weights. */
+static int ClassModel_init(ClassModel *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"bias", "inv_scale", "lexicon_lanes", "groups", "question", NULL};
+    PyObject *bias, *groups, *question;
+    double inv_scale;
+    int lexicon_lanes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OdiOO", kwlist, &bias, &inv_scale, &lexicon_lanes,
+                                     &groups, &question))
+        return -1;
+    PyObject *b = PySequence_Fast(bias, "bias: a sequence of floats");
+    if (!b) return -1;
+    if (PySequence_Fast_GET_SIZE(b) != CLASSES) {
+        Py_DECREF(b);
+        PyErr_Format(PyExc_ValueError, "bias: %d classes expected", CLASSES);
+        return -1;
+    }
+    for (int k = 0; k < CLASSES; k++) {
+        self->bias[k] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(b, k));
+        if (PyErr_Occurred()) {
+            Py_DECREF(b);
+            return -1;
+        }
+    }
+    Py_DECREF(b);
+    self->inv_scale = inv_scale;
+    self->lexicon_lanes = lexicon_lanes;
+    if (read_weights(question, self->question, "question") < 0) return -1;
+    PyObject *g = PySequence_Fast(groups, "groups: a sequence of weight lists");
+    if (!g) return -1;
+    if (PySequence_Fast_GET_SIZE(g) != SIGNAL_GROUPS) {
+        Py_DECREF(g);
+        PyErr_Format(PyExc_ValueError, "groups: %d signal groups expected", SIGNAL_GROUPS);
+        return -1;
+    }
+    for (int i = 0; i < SIGNAL_GROUPS; i++) {
+        PyObject *rows = PySequence_Fast(PySequence_Fast_GET_ITEM(g, i), "groups: each a sequence");
+        if (!rows) {
+            Py_DECREF(g);
+            return -1;
+        }
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(rows);
+        PyMem_Free(self->weights[i]);
+        self->weights[i] = PyMem_Calloc(n ? n : 1, sizeof(int32_t) * CLASSES);
+        self->sizes[i] = n;
+        if (!self->weights[i]) {
+            Py_DECREF(rows);
+            Py_DECREF(g);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t r = 0; r < n; r++)
+            if (read_weights(PySequence_Fast_GET_ITEM(rows, r), self->weights[i] + r * CLASSES, "groups") < 0) {
+                Py_DECREF(rows);
+                Py_DECREF(g);
+                return -1;
+            }
+        Py_DECREF(rows);
+    }
+    Py_DECREF(g);
+    return 0;
+}
+
+static inline int bit_length(long v) { return v <= 0 ? 0 : 64 - __builtin_clzll((unsigned long long)v); }
+
+static PyTypeObject ClassModelType;
+
+/* class_scores(model, lanes, text_features, signals, cue_sums) -> (best, probabilities)
+ *
+ * Exactly router.scorer.Scorer.score's arithmetic, in the same order (IEEE doubles, no
+ * fused multiply-add: setup.py builds with -ffp-contract=off), so both give the same
+ * floats. signals: router.context.Signals; cue_sums: the safety cues' class sums or None. */
+static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 5 || !PyObject_TypeCheck(args[0], &ClassModelType) || !PyTuple_Check(args[1]) ||
+        !PyTuple_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "class_scores(model: ClassModel, lanes: tuple, text_features, signals: tuple, cue_sums)");
+        return NULL;
+    }
+    const ClassModel *m = (const ClassModel *)args[0];
+    PyObject *lanes = args[1], *signals = args[3], *cues = args[4];
+    if (PyTuple_GET_SIZE(lanes) != m->lexicon_lanes + CLASSES || PyTuple_GET_SIZE(signals) != 7) {
+        PyErr_SetString(PyExc_ValueError, "class_scores: lanes or signals of the wrong length");
+        return NULL;
+    }
+    long features = PyLong_AsLong(args[2]);
+    long v[7];
+    for (int i = 0; i < 7; i++) v[i] = PyLong_AsLong(PyTuple_GET_ITEM(signals, i));
+    if (PyErr_Occurred()) return NULL;
+    /* Signals: prompt_tokens, code_markers, structured, script, safety, question, digits. */
+    long tokens = bit_length(v[0]), digits = bit_length(v[6] < 16 ? v[6] : 16);
+    Py_ssize_t index[SIGNAL_GROUPS] = {tokens < 16 ? tokens : 16, v[2], v[3], v[4], digits, v[1] & 63};
+    int64_t s[CLASSES] = {0};
+    for (int g = 0; g < SIGNAL_GROUPS; g++) {
+        if (index[g] < 0 || index[g] >= m->sizes[g]) {
+            PyErr_Format(PyExc_IndexError, "class_scores: signal group %d has no value %zd", g, index[g]);
+            return NULL;
+        }
+        const int32_t *w = m->weights[g] + index[g] * CLASSES;
+        for (int k = 0; k < CLASSES; k++) s[k] += w[k];
+    }
+    if (v[5])
+        for (int k = 0; k < CLASSES; k++) s[k] += m->question[k];
+    if (cues != Py_None) {
+        if (!PyTuple_Check(cues) || PyTuple_GET_SIZE(cues) != CLASSES) {
+            PyErr_SetString(PyExc_TypeError, "class_scores: cue_sums must be None or a tuple of 5 ints");
+            return NULL;
+        }
+        for (int k = 0; k < CLASSES; k++) s[k] += PyLong_AsLong(PyTuple_GET_ITEM(cues, k));
+        if (PyErr_Occurred()) return NULL;
+    }
+    double inv = m->inv_scale, norm = inv / sqrt((double)(features > 1 ? features : 1));
+    double z[CLASSES], e[CLASSES], top;
+    for (int k = 0; k < CLASSES; k++) {
+        long t = PyLong_AsLong(PyTuple_GET_ITEM(lanes, m->lexicon_lanes + k));
+        if (t == -1 && PyErr_Occurred()) return NULL;
+        z[k] = m->bias[k] + (double)t * norm + (double)s[k] * inv;
+    }
+    int best = 0;
+    top = z[0];
+    for (int k = 1; k < CLASSES; k++)
+        if (z[k] > top) {
+            top = z[k];
+            best = k;
+        }
+    double total = 0.0;
+    for (int k = 0; k < CLASSES; k++) {
+        e[k] = exp(z[k] - top);
+        total += e[k];
+    }
+    double inv_total = 1.0 / total;
+    return Py_BuildValue("(i(ddddd))", best, e[0] * inv_total, e[1] * inv_total, e[2] * inv_total,
+                         e[3] * inv_total, e[4] * inv_total);
+}
+
+static PyTypeObject ClassModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "router._scan.ClassModel",
+    .tp_basicsize = sizeof(ClassModel),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The scorer's bias and signal weights for class_scores(), built once.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ClassModel_init,
+    .tp_dealloc = (destructor)ClassModel_dealloc,
+};
+
 static PyTypeObject ScanTableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "router._scan.ScanTable",
@@ -528,6 +719,8 @@ static PyMethodDef methods[] = {
      "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
     {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
      "block_hashes(text, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
+    {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,
+     "class_scores(model, lanes, text_features, signals, cue_sums) -> (best, probabilities)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -537,12 +730,11 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__scan(void) {
-    if (PyType_Ready(&ScanTableType) < 0) return NULL;
+    if (PyType_Ready(&ScanTableType) < 0 || PyType_Ready(&ClassModelType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    Py_INCREF(&ScanTableType);
-    if (PyModule_AddObject(m, "ScanTable", (PyObject *)&ScanTableType) < 0) {
-        Py_DECREF(&ScanTableType);
+    if (PyModule_AddObjectRef(m, "ScanTable", (PyObject *)&ScanTableType) < 0 ||
+        PyModule_AddObjectRef(m, "ClassModel", (PyObject *)&ClassModelType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

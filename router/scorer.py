@@ -50,6 +50,12 @@ from router.context import (
 )
 from subjects.messages import SafetyCategory, Script, Structured, TaskClass
 
+try:  # the optional C twin of the last step (router/_scan.c); absent without a C compiler
+    from router._scan import ClassModel as _ClassModel
+    from router._scan import class_scores as _class_scores
+except ImportError:  # pragma: no cover - depends on the install
+    _ClassModel = _class_scores = None
+
 FORMAT_VERSION = 2  # 2: words are read from the UTF-8 window; signal cues from lexicon lanes
 CLASSES: tuple[TaskClass, ...] = tuple(TaskClass)  # lane order = TaskClass values
 # Quantised weight = round(weight * WEIGHT_SCALE), clipped to +-MAX_WEIGHT, so a class
@@ -318,6 +324,12 @@ class Scorer:
         self.table.seal()  # complete: build the C pass's copy
         self._inv_scale = 1.0 / self._scale
         self._signal_tables()
+        self._native: Any = None  # the C twin of score's arithmetic, when built
+        if _ClassModel is not None:
+            groups = (self._by_tokens, self._by_struct, self._by_script, self._by_safety,
+                      self._by_digits, self._by_code)  # class_scores reads them in this order
+            self._native = _ClassModel(self._bias, self._inv_scale, LEXICON_LANES,
+                                       [[unpack(p) for p in group] for group in groups], unpack(self._question))
 
     def _add_british_spellings(self) -> None:
         """Give "summarise" the weights of "summarize": dev.jsonl is spelled the American
@@ -371,8 +383,23 @@ class Scorer:
     def score(self, view: TextView, signals: Signals) -> Scores:
         """Class probabilities of a request whose view was read with ``self.table``.
 
+        The arithmetic runs in C (router/_scan.c's class_scores: the same operations in
+        the same order, so the same floats) when it is built; the safety cues, rare and
+        full of word logic, stay in Python.
+        """
+        native = self._native
+        if native is None:
+            return self.python_score(view, signals)
+        lanes = view.lanes
+        cues = unpack(sum(map(self._signals.get, safety_cues(view), _ZEROS))) if alarming(lanes) else None
+        best, probs = _class_scores(native, lanes, view.text_features, signals, cues)
+        return _new_tuple(Scores, (CLASSES[best], probs[best], probs[_REASONING], probs[_SAFETY], probs))
+
+    def python_score(self, view: TextView, signals: Signals) -> Scores:
+        """``score`` in Python (the reference for the C twin).
+
         The five classes are written out rather than looped over: in CPython 3.11 each
-        comprehension is a function call, and this runs on every request.
+        comprehension is a function call.
         """
         packed = self.signal_sum(view, signals)
         s0, s1, s2, s3, s4 = _CLASS_LANES.unpack(

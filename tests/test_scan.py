@@ -32,6 +32,7 @@ from router.context import (
     prompt_text,
     python_prefix_hashes,
     python_view,
+    read_signals,
     read_text,
 )
 from router.scorer import shared_scorer
@@ -58,8 +59,9 @@ def test_the_shipped_tables_carry_the_c_copy() -> None:
     assert shared_scorer().table.native is not None
 
 
-def test_every_dev_prompt_reads_the_same_both_ways() -> None:
-    table = shared_scorer().table
+def test_every_dev_prompt_reads_and_scores_the_same_both_ways() -> None:
+    scorer = shared_scorer()
+    table = scorer.table
     with DEV.open(encoding="utf-8") as lines:  # not splitlines(): prompts hold U+2028
         rows = [json.loads(line) for line in lines if line.strip()]
     assert len(rows) > 1000
@@ -67,7 +69,11 @@ def test_every_dev_prompt_reads_the_same_both_ways() -> None:
         req = ChatRequest(messages=[ChatMessage(role=m["role"], content=m["content"])
                                     for m in row["request"]["messages"]])
         text = prompt_text(req)
-        assert read_text(text, table) == read_text(text, dict(table)), row["id"]
+        view = read_text(text, table)
+        assert view == read_text(text, dict(table)), row["id"]
+        signals = read_signals(req, view)
+        # The same floats, not close ones: the C arithmetic runs in the same order.
+        assert scorer.score(view, signals) == scorer.python_score(view, signals), row["id"]
 
 
 # Words the tables know (so lookups hit), separators, digits, non-ASCII and cut UTF-8.
@@ -194,3 +200,22 @@ def test_block_hashes_refuses_bad_arguments() -> None:
         scan.block_hashes("text", xxhash.xxh3_64_intdigest, 0, 64)
     with pytest.raises(TypeError, match="utf8_length"):
         scan.utf8_length(b"bytes")
+
+
+@pytest.mark.parametrize(("args", "error", "message"), [
+    (([0.0] * 4, 1.0, 28, [[]] * 6, (0,) * 5), ValueError, "bias: 5 classes expected"),
+    (([0.0] * 5, 1.0, 28, [[]] * 5, (0,) * 5), ValueError, "6 signal groups expected"),
+    (([0.0] * 5, 1.0, 28, [[(0,) * 4]] + [[]] * 5, (0,) * 5), ValueError, "5 class weights expected"),
+    (([0.0] * 5, 1.0, 28, [[]] * 6, (1 << 40,) * 5), OverflowError, "fit 32 bits"),
+])
+def test_a_bad_class_model_is_refused_naming_the_problem(args: tuple, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        scan.ClassModel(*args)
+
+
+def test_class_scores_refuses_a_signal_outside_its_table() -> None:
+    model = scan.ClassModel([0.0] * 5, 1.0, 0, [[(0,) * 5]] * 6, (0,) * 5)  # one value a group
+    with pytest.raises(IndexError, match="signal group 1 has no value 2"):
+        scan.class_scores(model, (0,) * 5, 1, (0, 0, 2, 0, 0, False, 0), None)
+    best, probabilities = scan.class_scores(model, (0,) * 5, 1, (0, 0, 0, 0, 0, False, 0), None)
+    assert best == 0 and probabilities == (0.2,) * 5  # all-zero weights: uniform
