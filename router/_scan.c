@@ -28,24 +28,38 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_LEXICON_LANES 64
-#define MAX_CLASS_LANES 8
+#define MAX_LEXICON_LANES 32
+#define MAX_CLASS_LANES 6
+#define INLINE_KEY 26
 #define STACK_WORDS 512
 
+/* One slot of the table: a cache line. A lookup that hits reads this line only: the key
+ * sits in it (words and bigrams are short; a longer key is kept in ScanTable.keys and
+ * the slot holds its offset), next to the weights. */
 typedef struct {
-    uint64_t hash; /* 0: empty slot */
-    Py_ssize_t key_offset;
-    Py_ssize_t key_length;
-    uint64_t lexicon; /* one bit per lexicon lane the word is on */
+    uint64_t hash;    /* 0: empty slot */
+    uint32_t lexicon; /* one bit per lexicon lane the word is on */
     int32_t classes[MAX_CLASS_LANES];
+    uint16_t key_length;
+    char key[INLINE_KEY]; /* the key, or (longer keys) its offset in ScanTable.keys */
 } Entry;
+
+_Static_assert(sizeof(Entry) == 64, "an Entry is one cache line");
+
+static inline const char *entry_key(const Entry *e, const char *keys) {
+    if (e->key_length <= INLINE_KEY) return e->key;
+    Py_ssize_t offset;
+    memcpy(&offset, e->key, sizeof offset);
+    return keys + offset;
+}
 
 typedef struct {
     PyObject_HEAD
     unsigned char translate[256];
-    Entry *slots;
+    Entry *slots; /* cache-line aligned, inside slots_memory */
+    void *slots_memory;
     size_t mask; /* slots - 1, a power of two minus one */
-    char *keys;  /* every key's bytes, back to back */
+    char *keys;  /* keys longer than INLINE_KEY, back to back */
     int lexicon_lanes;
     int class_lanes;
     Py_ssize_t bigram_head;
@@ -68,7 +82,7 @@ static inline uint64_t fnv_update(uint64_t h, const unsigned char *p, Py_ssize_t
 static inline uint64_t nonzero(uint64_t h) { return h ? h : 1; }
 
 static void ScanTable_dealloc(ScanTable *self) {
-    PyMem_Free(self->slots);
+    PyMem_Free(self->slots_memory);
     PyMem_Free(self->keys);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -113,18 +127,23 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_TypeError, "entries: every key must be bytes");
             return -1;
         }
-        key_bytes += PyBytes_GET_SIZE(key);
+        if (PyBytes_GET_SIZE(key) > INLINE_KEY) key_bytes += PyBytes_GET_SIZE(key);
+        if (PyBytes_GET_SIZE(key) > UINT16_MAX) {
+            PyErr_SetString(PyExc_ValueError, "entries: a key is longer than 65535 bytes");
+            return -1;
+        }
     }
     size_t size = 16;
     while (size < (size_t)count * 2) size <<= 1; /* at most half full: short probes */
-    PyMem_Free(self->slots);
+    PyMem_Free(self->slots_memory);
     PyMem_Free(self->keys);
-    self->slots = PyMem_Calloc(size, sizeof(Entry));
+    self->slots_memory = PyMem_Calloc(size + 1, sizeof(Entry)); /* + 1: room to align */
     self->keys = PyMem_Malloc(key_bytes ? key_bytes : 1);
-    if (!self->slots || !self->keys) {
+    if (!self->slots_memory || !self->keys) {
         PyErr_NoMemory();
         return -1;
     }
+    self->slots = (Entry *)(((uintptr_t)self->slots_memory + sizeof(Entry) - 1) & ~(uintptr_t)(sizeof(Entry) - 1));
     self->mask = size - 1;
 
     Py_ssize_t offset = 0;
@@ -140,7 +159,7 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
                          PyTuple_GET_SIZE(classes), class_lanes);
             return -1;
         }
-        if (lexicon_lanes < 64 && (lexicon >> lexicon_lanes)) {
+        if (lexicon >> lexicon_lanes) { /* lexicon_lanes <= 32: a defined shift */
             PyErr_SetString(PyExc_ValueError, "entries: lexicon mask has bits above the lanes");
             return -1;
         }
@@ -151,7 +170,7 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
         while (self->slots[slot].hash) {
             Entry *seen = &self->slots[slot];
             if (seen->hash == hash && seen->key_length == length &&
-                memcmp(self->keys + seen->key_offset, text, length) == 0) {
+                memcmp(entry_key(seen, self->keys), text, length) == 0) {
                 PyErr_SetString(PyExc_ValueError, "entries: duplicate key");
                 return -1;
             }
@@ -167,12 +186,16 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
             }
             entry->classes[k] = (int32_t)weight;
         }
-        memcpy(self->keys + offset, text, length);
+        if (length <= INLINE_KEY) {
+            memcpy(entry->key, text, length);
+        } else {
+            memcpy(self->keys + offset, text, length);
+            memcpy(entry->key, &offset, sizeof offset);
+            offset += length;
+        }
         entry->hash = hash;
-        entry->key_offset = offset;
-        entry->key_length = length;
-        entry->lexicon = lexicon;
-        offset += length;
+        entry->key_length = (uint16_t)length;
+        entry->lexicon = (uint32_t)lexicon;
     }
     return 0;
 }
@@ -192,7 +215,7 @@ static inline const Entry *lookup(const ScanTable *t, const unsigned char *text,
         const Entry *e = &t->slots[slot];
         if (!e->hash) return NULL;
         if (e->hash == hash && e->key_length == length) {
-            const char *key = t->keys + e->key_offset;
+            const char *key = entry_key(e, t->keys);
             if (memcmp(key, text + a->start, a->length) == 0 &&
                 (!b || (key[a->length] == ' ' &&
                         memcmp(key + a->length + 1, text + b->start, b->length) == 0)))
@@ -314,7 +337,7 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         distinct++;
         const Entry *e = lookup(t, text, hash, word, NULL);
         if (!e) continue;
-        for (uint64_t bits = e->lexicon; bits; bits &= bits - 1) lexicon[__builtin_ctzll(bits)]++;
+        for (uint32_t bits = e->lexicon; bits; bits &= bits - 1) lexicon[__builtin_ctz(bits)]++;
         for (int k = 0; k < t->class_lanes; k++) sums[k] += e->classes[k];
     }
 

@@ -123,7 +123,8 @@ def test_changing_a_sealed_table_drops_its_c_copy() -> None:
     ((bytes(256), {b"w": (0, (0,) * 4)}, LEXICON_LANES, 5, 8, 4), ValueError, "4 class weights, expected 5"),
     ((bytes(256), {b"w": (0, (1 << 40,) * 5)}, LEXICON_LANES, 5, 8, 4), OverflowError, "fit 32 bits"),
     ((bytes(256), {b"w": (1 << 40, (0,) * 5)}, 28, 5, 8, 4), ValueError, "bits above the lanes"),
-    ((bytes(256), {}, 99, 5, 8, 4), ValueError, "at most 64 lexicon"),
+    ((bytes(256), {}, 99, 5, 8, 4), ValueError, "at most 32 lexicon"),
+    ((bytes(256), {b"w" * 70_000: (0, (0,) * 5)}, 28, 5, 8, 4), ValueError, "longer than 65535"),
     ((bytes(256), {}, 28, 5, 1, 4), ValueError, "at least 2 words"),
 ])
 def test_a_bad_table_is_refused_naming_the_problem(args: tuple, error: type, message: str) -> None:
@@ -219,3 +220,14 @@ def test_class_scores_refuses_a_signal_outside_its_table() -> None:
         scan.class_scores(model, (0,) * 5, 1, (0, 0, 2, 0, 0, False, 0), None)
     best, probabilities = scan.class_scores(model, (0,) * 5, 1, (0, 0, 0, 0, 0, False, 0), None)
     assert best == 0 and probabilities == (0.2,) * 5  # all-zero weights: uniform
+
+
+def test_keys_longer_than_a_slot_holds_are_found_too() -> None:
+    long_word = b"pneumonoultramicroscopicsilicovolcanoconiosis"  # 45 bytes: kept outside the slot
+    table = WordTable(LEXICON_TABLE)
+    table[long_word] = 1  # lexicon lane 0
+    table[(long_word, b"again")] = 1 << context.LEXICON_BITS  # class lane 0 of a bigram
+    table.seal()
+    native, python = both_ways(long_word + b" again " + long_word, table)
+    assert native == python
+    assert native.lanes[0] == 1 and native.lanes[LEXICON_LANES] == 1
