@@ -154,8 +154,11 @@ def test_files_that_compose_mounts_and_builds_from_exist(compose):
     for dockerfile in ("Dockerfile", "Dockerfile.vllm"):
         text = (ROOT / dockerfile).read_text()
         assert 'ENTRYPOINT ["slm-fabric"]' in text
-        for source in re.findall(r"^COPY (\S+) ", text, flags=re.M):
+        sources = re.findall(r"^COPY (?!--from)([^\n]+) \S+$", text, flags=re.M)  # build context only
+        for source in " ".join(sources).split():
             assert (ROOT / source).exists(), f"{dockerfile} copies {source}, which is missing"
+        # setup.py declares the router's C twin: an image without it runs the Python pass.
+        assert "setup.py" in " ".join(sources).split(), f"{dockerfile} does not copy setup.py"
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_datasource(compose):
