@@ -32,20 +32,13 @@ which is the whole budget for a 1 KB prompt.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from collections.abc import Iterable
 from itertools import chain, pairwise, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import xxhash
-
-try:  # the optional C twin of the window pass (setup.py); absent without a C compiler
-    from router._scan import ScanTable as _ScanTable
-    from router._scan import block_hashes as _native_block_hashes
-    from router._scan import scan as _native_scan
-    from router._scan import utf8_length as _native_utf8_length
-except ImportError:  # pragma: no cover - depends on the install
-    _ScanTable = _native_block_hashes = _native_scan = _native_utf8_length = None
 
 from subjects.messages import (
     ChatRequest,
@@ -58,6 +51,19 @@ from subjects.messages import (
 
 if TYPE_CHECKING:
     from router.scorer import Scorer
+
+# The optional C twin (router/_scan.c, built by setup.py when a C compiler is there).
+# SLM_PURE_PYTHON=1 runs without it: the same decisions, slower (benchmarks compare them).
+PURE_PYTHON = os.environ.get("SLM_PURE_PYTHON", "") == "1"
+try:
+    if PURE_PYTHON:
+        raise ImportError("SLM_PURE_PYTHON=1")
+    from router._scan import ScanTable as _ScanTable
+    from router._scan import block_hashes as _native_block_hashes
+    from router._scan import scan as _native_scan
+    from router._scan import utf8_length as _native_utf8_length
+except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
+    _ScanTable = _native_block_hashes = _native_scan = _native_utf8_length = None
 
 # Prompt text is hashed in fixed-size blocks of characters; hashes are chained, so hash i
 # names the whole prompt up to the end of block i. 2,048 characters is about 512 tokens of

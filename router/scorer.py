@@ -42,6 +42,7 @@ from router.context import (
     LEXICON_BITS,
     LEXICON_LANES,
     LEXICON_TABLE,
+    PURE_PYTHON,
     LexiconLane,
     Signals,
     TextView,
@@ -50,10 +51,12 @@ from router.context import (
 )
 from subjects.messages import SafetyCategory, Script, Structured, TaskClass
 
-try:  # the optional C twin of the last step (router/_scan.c); absent without a C compiler
+try:  # the optional C twin of the last step (router/_scan.c; see router.context.PURE_PYTHON)
+    if PURE_PYTHON:
+        raise ImportError("SLM_PURE_PYTHON=1")
     from router._scan import ClassModel as _ClassModel
     from router._scan import class_scores as _class_scores
-except ImportError:  # pragma: no cover - depends on the install
+except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
     _ClassModel = _class_scores = None
 
 FORMAT_VERSION = 2  # 2: words are read from the UTF-8 window; signal cues from lexicon lanes

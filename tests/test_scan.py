@@ -39,6 +39,8 @@ from router.scorer import shared_scorer
 from subjects.messages import ChatMessage, ChatRequest
 
 scan = pytest.importorskip("router._scan", reason="the C pass is not built (no C compiler at install)")
+if context.PURE_PYTHON:
+    pytest.skip("SLM_PURE_PYTHON=1: the C twin is switched off", allow_module_level=True)
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "dev.jsonl"
 
