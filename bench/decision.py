@@ -137,6 +137,12 @@ def replica_table(replicas: int) -> ReplicaTable:
     for model in MODELS:
         for i in range(replicas):
             table.apply(Heartbeat(model=model, replica=f"r{i}", capacity=CAPACITY), now=0.0)
+    # The router's periodic upkeep has run since the replicas joined (router.service calls
+    # ReplicaTable.refresh off the request path): each model's hash ring is built and its
+    # lookup table filled, as in a running router, rather than on the first timed request.
+    refresh = getattr(table, "refresh", None)
+    if refresh is not None:
+        refresh()
     return table
 
 

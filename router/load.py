@@ -56,6 +56,30 @@ class ReplicaLoad:
         self.weight += weight
         self.requests += 1
 
+    def cancel(self, weight: int) -> bool:
+        """Take back the newest placement of ``weight`` (its publish was refused), as if it
+        had never been made; False if none is left to take back.
+
+        Placements made since stay, in their order: the search and the fix-up run over
+        those alone, a handful at most (a refusal comes back within a round trip).
+        """
+        cum = self._cum
+        for pos in range(len(cum) - 1, 0, -1):
+            if cum[pos] - cum[pos - 1] == weight:
+                break
+        else:
+            return False
+        outstanding = self._base + pos - 1 >= self._oldest
+        del cum[pos]
+        for later in range(pos, len(cum)):
+            cum[later] -= weight
+        if outstanding:
+            self.weight -= weight
+            self.requests = max(self.requests - 1, 0)
+        else:
+            self._oldest -= 1  # the outstanding ones moved down one place
+        return True
+
     def sample(self, outstanding: int, fill_weight: int) -> None:
         """The replica's queue holds ``outstanding`` messages now.
 

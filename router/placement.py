@@ -11,8 +11,8 @@ holders has spread over the fleet (a shared system prompt, or the first block ev
 Mooncake request shares): replica choice then treats it as held everywhere.
 
 Pure and bounded: plain dicts in two generations (when the newer one fills, the older one
-is dropped whole), so the memory holds between ``capacity / 2`` and ``capacity`` hashes
-and every operation is O(1) per hash.
+is forgotten whole, and freed a little at each later insert), so the memory answers for
+between ``capacity / 2`` and ``capacity`` hashes and every operation is O(1) per hash.
 """
 
 from __future__ import annotations
@@ -29,14 +29,20 @@ V = TypeVar("V")
 
 
 class _TwoGenerations(Generic[V]):
-    """A dict that forgets in bulk: O(1) inserts and lookups, no per-entry LRU links."""
+    """A dict that forgets in bulk: O(1) inserts and lookups, no per-entry LRU links.
 
-    __slots__ = ("_capacity", "new", "old")
+    When the newer generation fills, it becomes the older one and the older one retires:
+    it is no longer read, and each later insert frees two of its entries, so no single
+    insert pays for freeing half a million of them at once.
+    """
+
+    __slots__ = ("_capacity", "_retiring", "new", "old")
 
     def __init__(self, capacity: int) -> None:
         self._capacity = max(capacity, 2)
         self.new: dict[int, V] = {}
         self.old: dict[int, V] = {}
+        self._retiring: dict[int, V] = {}
 
     def get(self, key: int) -> V | None:
         got = self.new.get(key)
@@ -46,15 +52,34 @@ class _TwoGenerations(Generic[V]):
 
     def put(self, key: int, value: V) -> None:
         self.new[key] = value
+        retiring = self._retiring
+        if retiring:
+            retiring.popitem()
+            if retiring:
+                retiring.popitem()
         if len(self.new) >= self._capacity // 2:
+            if retiring:  # not freed yet (it cannot be: half a capacity of puts frees it)
+                retiring.clear()
+            self._retiring = self.old
             self.old = self.new
             self.new = {}
+
+    def clear(self) -> None:
+        self.new, self.old, self._retiring = {}, {}, {}
 
     def __contains__(self, key: int) -> bool:
         return key in self.new or key in self.old
 
     def __len__(self) -> int:
         return len(self.new) + len(self.old)
+
+
+# A prefix's entry is one int, not a tuple: ints are not tracked by Python's garbage
+# collector, so a million entries neither make its collections longer nor (being created
+# at a few dozen per request) make them more frequent. The holders' ids take ID_BITS each,
+# most recent in the lowest bits, and the count of spread blocks sits above them.
+ID_BITS = 20
+_ID_MASK = (1 << ID_BITS) - 1
 
 
 class PlacementMemory:
@@ -64,16 +89,42 @@ class PlacementMemory:
     the fleet when it was last placed, so one dict lookup answers both questions.
     """
 
-    __slots__ = ("_fanout", "_prefixes", "_sessions")
+    __slots__ = ("_fanout", "_full_shift", "_ids", "_names", "_prefixes", "_sessions",
+                 "_shared_shift")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, fanout: int = DEFAULT_FANOUT) -> None:
-        self._prefixes: _TwoGenerations[tuple[tuple[str, ...], int]] = _TwoGenerations(capacity)
+        self._prefixes: _TwoGenerations[int] = _TwoGenerations(capacity)
         self._sessions: _TwoGenerations[str] = _TwoGenerations(max(capacity // 8, 2))
         self._fanout = fanout
+        self._shared_shift = ID_BITS * fanout
+        self._full_shift = ID_BITS * (fanout - 1)  # the last holder's field: set when full
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = [""]  # id 0 means "no holder"
 
     @property
     def fanout(self) -> int:
         return self._fanout
+
+    def _id(self, replica: str) -> int:
+        rid = self._ids.get(replica)
+        if rid is None:
+            if len(self._names) > _ID_MASK:
+                # A million replica names seen (years of restarts under fresh names):
+                # start over rather than let the table grow.
+                self._prefixes.clear()
+                self._ids.clear()
+                del self._names[1:]
+            rid = self._ids[replica] = len(self._names)
+            self._names.append(replica)
+        return rid
+
+    def _holders(self, packed: int) -> tuple[str, ...]:
+        names = self._names
+        out = []
+        while packed:
+            out.append(names[packed & _ID_MASK])
+            packed >>= ID_BITS
+        return tuple(out)
 
     # ---- lookups (the decision path) ----------------------------------------------------
     def session(self, session_hash: int) -> str | None:
@@ -82,7 +133,9 @@ class PlacementMemory:
     def holders(self, prefix_hash: int) -> tuple[str, ...]:
         """Replicas that served this prefix recently, most recent first."""
         entry = self._prefixes.get(prefix_hash)
-        return entry[0] if entry is not None else ()
+        if entry is None:
+            return ()
+        return self._holders(entry & ((1 << self._shared_shift) - 1))
 
     def deepest(self, hashes: Sequence[int]) -> int:
         """The largest depth ``d`` whose hash ``hashes[d - 1]`` was placed; 0 if none."""
@@ -124,34 +177,55 @@ class PlacementMemory:
             if not matched:
                 return 0, 0, ()
         key = hashes[matched - 1]
-        entry = new.get(key) or old.get(key)
-        assert entry is not None
-        holders, shared = entry
-        if len(holders) >= self._fanout:
+        entry = new.get(key)
+        if entry is None:
+            entry = old[key]
+        shift = self._shared_shift
+        shared = entry >> shift
+        packed = entry & ((1 << shift) - 1)
+        if packed >> self._full_shift:
             return matched, matched, ()
-        return matched, shared, holders
+        return matched, shared, self._holders(packed)
 
     # ---- updates (after a publish, or a record from another router) -----------------------
     def record(self, replica: str, prefix_hashes: Sequence[int], session_hash: int = 0) -> None:
         prefixes = self._prefixes
+        new = prefixes.new
         fanout = self._fanout
+        shift = self._shared_shift
+        holder_mask = (1 << shift) - 1
+        full_shift = self._full_shift
+        rid = self._id(replica)
         shared = 0
         spreading = True
         for h in prefix_hashes:
             entry = prefixes.get(h)
             if entry is None:
-                holders: tuple[str, ...] = (replica,)
-            elif entry[0][0] == replica:
-                holders = entry[0]
+                holders = rid
             else:
-                holders = (replica, *[r for r in entry[0] if r != replica][: fanout - 1])
+                holders = entry & holder_mask
+                if holders & _ID_MASK != rid:
+                    # This replica first, then the others in their order, at most fanout.
+                    rest = holders
+                    holders = rid
+                    at = ID_BITS
+                    count = 1
+                    while rest and count < fanout:
+                        other = rest & _ID_MASK
+                        if other != rid:
+                            holders |= other << at
+                            at += ID_BITS
+                            count += 1
+                        rest >>= ID_BITS
             if spreading:
-                if len(holders) >= fanout:
+                if holders >> full_shift:
                     shared += 1
                 else:
                     spreading = False
-            if entry is None or entry[0] is not holders or entry[1] != shared or h not in prefixes.new:
-                prefixes.put(h, (holders, shared))
+            value = holders | shared << shift
+            if entry != value or h not in new:
+                prefixes.put(h, value)
+                new = prefixes.new  # a put may have started a new generation
         if session_hash:
             self._sessions.put(session_hash, replica)
 

@@ -16,6 +16,7 @@ from router.replicas import (
     apply_record,
     choose_affinity,
     record_placement,
+    release_placement,
 )
 from router.rules import ModelChoice, RuleSet, UnknownModel, decide_model
 from router.scorer import Scorer
@@ -67,6 +68,10 @@ class Policy:
     def placed(self, ctx: RoutingContext, model: str, replica: str, table: ReplicaTable) -> int:
         """Record that ``replica`` took the request; returns the token weight it was charged."""
         return record_placement(table.fleet(model), ctx, replica, self.replica_settings)
+
+    def released(self, model: str, replica: str, weight: int, table: ReplicaTable) -> None:
+        """Take back the load ``placed`` charged when that replica's queue refused the work."""
+        release_placement(table.fleet(model), replica, weight)
 
     def apply_placement(self, record: PlacementRecord, table: ReplicaTable) -> None:
         """Apply another router's placement record to this router's view.

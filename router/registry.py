@@ -9,6 +9,7 @@ members, and the placement memory (which replica served which prefix and session
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -56,6 +57,11 @@ class Fleet:
         self._ring: HashRing[ReplicaLoad] | None = None
         self._placed_weight = 0
         self._placed_count = 0
+        # (weight, name) of usable replicas, a min-heap with stale entries: every change of
+        # a replica's load pushes its new key, and ``least_loaded`` drops the entries that
+        # no longer match on its way to the answer. O(log n) per change instead of a scan
+        # of the fleet per question; rebuilt when stale entries outnumber live ones.
+        self._by_load: list[tuple[int, str]] = []
 
     # ---- membership ---------------------------------------------------------------------
     def beat(self, beat: Heartbeat, now: float) -> bool:
@@ -65,7 +71,8 @@ class Fleet:
         newly_draining = beat.draining and (state is None or not state.beat.draining)
         if state is None:
             state = self.members[name] = ReplicaState(beat, now, ReplicaLoad(name=name))
-            self._ring = None
+            if self._ring is not None:
+                self._ring.add(name)
         else:
             state.beat = beat
             state.seen_at = now
@@ -80,6 +87,8 @@ class Fleet:
             self.usable_weight += load.weight
         load.usable = not beat.draining
         self.open_count += (name in self.usable and load.open) - was_open
+        if load.usable:
+            self._push(load)
         return newly_draining
 
     def remove(self, replica: str) -> bool:
@@ -90,17 +99,62 @@ class Fleet:
             self.usable_weight -= state.load.weight
             self.open_count -= state.load.open
         state.load.usable = False
-        self._ring = None
+        if self._ring is not None:
+            self._ring.remove(replica)
         return True
 
     @property
     def ring(self) -> HashRing[ReplicaLoad]:
         """Every member, draining or not (a replica that drains keeps its ring positions);
-        its successors are the members' load objects (``.name``, ``.usable``, …)."""
+        its successors are the members' load objects (``.name``, ``.usable``, …).
+
+        Built from all members at once on first use; after that, joins and leaves update
+        it in place (router.ring), so no request pays for a rebuild.
+        """
         if self._ring is None:
             members = self.members
             self._ring = HashRing(members, self._vnodes, resolve=lambda name: members[name].load)
         return self._ring
+
+    def refresh(self, depth: int | None = None) -> None:
+        """Upkeep off the request path: build the ring and fill its lookup table if a
+        membership change left it to be filled, so requests find every slice ready."""
+        ring = self.ring
+        if not ring.filled:
+            ring.fill(depth)
+
+    def least_loaded(self) -> str | None:
+        """The usable, unsaturated replica with the least outstanding weight (ties by
+        name); None when every one is saturated. O(log n) amortised."""
+        heap = self._by_load
+        usable = self.usable
+        while heap:
+            weight, name = heap[0]
+            load = usable.get(name)
+            if load is not None and load.weight == weight and load.requests < load.limit:
+                return name
+            # Stale (the replica's load changed since, or it left) or saturated: a later
+            # change of that replica pushes its key again.
+            heapq.heappop(heap)
+        return None
+
+    def _push(self, load: ReplicaLoad) -> None:
+        """Record ``load``'s new key (it is usable). Stale entries that surface at the top
+        are dropped here, on the bookkeeping side, so that ``least_loaded`` (on the
+        decision side) almost always finds its answer at the top."""
+        heap = self._by_load
+        usable = self.usable
+        if len(heap) > 4 * len(usable) + 64:
+            heap[:] = [(x.weight, name) for name, x in usable.items()]
+            heapq.heapify(heap)
+            return  # the rebuild holds every usable replica's current key, this one's too
+        heapq.heappush(heap, (load.weight, load.name))
+        while heap:
+            weight, name = heap[0]
+            top = usable.get(name)
+            if top is not None and top.weight == weight and top.requests < top.limit:
+                return
+            heapq.heappop(heap)
 
     @property
     def usable_count(self) -> int:
@@ -123,8 +177,26 @@ class Fleet:
         if replica in self.usable:
             self.usable_weight += weight
             self.open_count += load.open - was_open
+            self._push(load)
         self._placed_weight += weight
         self._placed_count += 1
+
+    def unplaced(self, replica: str, weight: int) -> None:
+        """Take back a placement of ``weight`` on ``replica`` whose publish was refused
+        (the prefixes it recorded stay: the replica was chosen for them, and is full)."""
+        state = self.members.get(replica)
+        if state is None:
+            return
+        load = state.load
+        before, was_open = load.weight, load.open
+        if not load.cancel(weight):
+            return
+        self._placed_weight -= weight
+        self._placed_count -= 1
+        if replica in self.usable:
+            self.usable_weight += load.weight - before
+            self.open_count += load.open - was_open
+            self._push(load)
 
     def sample(self, replica: str, outstanding: int) -> None:
         """``replica``'s own queue holds ``outstanding`` messages (queued + being served)."""
@@ -137,6 +209,7 @@ class Fleet:
         if replica in self.usable:
             self.usable_weight += load.weight - before
             self.open_count += load.open - was_open
+            self._push(load)
 
     @property
     def fill_weight(self) -> int:
@@ -180,6 +253,12 @@ class ReplicaTable:
     def remove(self, model: str, replica: str) -> bool:
         fleet = self._fleets.get(model)
         return fleet is not None and fleet.remove(replica)
+
+    def refresh(self, depth: int | None = None) -> None:
+        """Every fleet's upkeep (Fleet.refresh); the router runs it periodically."""
+        for fleet in self._fleets.values():
+            if fleet.members:
+                fleet.refresh(depth)
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Drop replicas whose heartbeat is older than ``ttl``; return (model, replica)."""

@@ -160,7 +160,10 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
     key = hashes[matched if matched < len(hashes) else -1] if hashes else ctx.session_hash
     wanted = settings.ring_choices
     cold = prompt - common * BLOCK_TOKENS
-    for load in fleet.ring.successors(key, settings.max_walk):
+    # A prompt shorter than one block and with no session has nothing to keep warm: any
+    # replica is as good as another, so it goes to the least loaded one (one heap read)
+    # instead of the ring's candidates for key 0, which all such prompts would share.
+    for load in fleet.ring.successors(key, settings.max_walk) if key else ():
         if not load.usable or load.requests >= load.limit or load.weight > bound:
             continue
         name = load.name
@@ -177,9 +180,9 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
         if not wanted:
             break
     if c1 == _INF:
-        # Rare (a long run of full replicas on the ring): the least loaded one is at or
-        # below the mean, so within the bound unless it is saturated.
-        least = _least_loaded(fleet)
+        # No key, or (rare) a long run of full replicas on the ring: the least loaded one
+        # is at or below the mean, so within the bound unless it is saturated.
+        least = fleet.least_loaded()
         if least is None:
             return [_SPILL]
         n1 = least
@@ -215,18 +218,6 @@ def held_depth(ctx: RoutingContext, fleet: Fleet, replica: str) -> int:
     return common
 
 
-def _least_loaded(fleet: Fleet) -> str | None:
-    best = None
-    best_key: tuple[int, str] | None = None
-    for replica, load in fleet.usable.items():
-        if load.requests >= load.limit:
-            continue
-        key = (load.weight, replica)
-        if best_key is None or key < best_key:
-            best, best_key = replica, key
-    return best
-
-
 def _open(fleet: Fleet) -> list[str]:
     """Usable, unsaturated replicas in name order (the baselines' candidate list)."""
     return sorted(r for r, load in fleet.usable.items() if load.requests < load.limit)
@@ -258,7 +249,7 @@ def choose_least_loaded(fleet: Fleet, settings: ReplicaSettings = DEFAULT_SETTIN
     """The replica with the least outstanding token weight (ties by name)."""
     if fleet.usable_count <= 0:
         return []
-    best = _least_loaded(fleet)
+    best = fleet.least_loaded()
     if best is None:
         return [(ANY_REPLICA, CacheClass.SPILL)]
     return [(best, CacheClass.COLD), (ANY_REPLICA, CacheClass.SPILL)]
@@ -273,6 +264,12 @@ def record_placement(fleet: Fleet, ctx: RoutingContext, replica: str,
     weight = request_weight(ctx, settings, held_depth(ctx, fleet, replica))
     fleet.placed(replica, weight, ctx.prefix_hashes, ctx.session_hash)
     return weight
+
+
+def release_placement(fleet: Fleet, replica: str, weight: int) -> None:
+    """Undo the load of ``record_placement`` when the publish it was made for is refused."""
+    if replica != ANY_REPLICA:
+        fleet.unplaced(replica, weight)
 
 
 def apply_record(fleet: Fleet, record: PlacementRecord) -> None:

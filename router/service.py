@@ -388,6 +388,8 @@ class Router:
                 self._move_queue(model, replica)
             for model in self.models:
                 self.metrics.replicas_seen(model, [s.beat for s in self.table.live(model).values()])
+            # Upkeep off the request path: hash rings left unfilled by joins and leaves.
+            self.table.refresh(self.policy.replica_settings.max_walk)
             await asyncio.sleep(self.config.replica_ttl / 4)
 
     # ---- replica choice's shared signals and dead replicas ---------------------------
@@ -536,10 +538,17 @@ class Router:
                 decision_path=choice.path, cache_class=cache_class,
             )
             self.full_queues.publishing(subject)
+            # Claim the replica before awaiting the publish: its placement (prefixes,
+            # session, load) counts now, in the same synchronous step as the choice, so a
+            # burst of requests with one new prefix sees each other's claims and spreads
+            # by the load bound instead of all choosing the same replica. A refused or
+            # duplicate publish takes its load back.
+            weight = self.policy.placed(ctx, choice.model, replica, self.table)
             try:
                 ack = await self.js.publish(subject, codec.encode_work(item), headers=headers)
             except APIError as exc:
                 if exc.err_code == ERR_MAX_MSGS_PER_SUBJECT:
+                    self.policy.released(choice.model, replica, weight, self.table)
                     self.full_queues.mark(subject, time.monotonic())
                     self.metrics.queue_full.labels(choice.model).inc()
                     continue  # that queue is full: try the next replica
@@ -547,12 +556,13 @@ class Router:
             finally:
                 self.full_queues.published(subject)
             if ack.duplicate:
+                self.policy.released(choice.model, replica, weight, self.table)
                 raise Rejected(ErrorCode.DUPLICATE_ID, (
                     f"id: {request_id!r} was accepted already (within the last "
                     f"{DEDUP_WINDOW_SECONDS:.0f}s); its replies go to the first requester. "
                     "A retry of your own request: keep waiting. Otherwise: use another id"))
             self.metrics.decided(choice.model, choice.task_class.name.lower(), choice.path, cache_class)
-            await self._placed(ctx, choice.model, replica)
+            await self._announce(ctx, choice.model, replica, weight)
             if self.decision_log is not None:
                 self.decision_log.record(now, ctx, choice, replica)
             self.metrics.hop_seconds.observe(time.perf_counter() - received)
@@ -562,9 +572,9 @@ class Router:
             f"every queue for model {choice.model!r} is full "
             f"({len(candidates)} tried); retry later"))
 
-    async def _placed(self, ctx: Any, model: str, replica: str) -> None:
-        """Record the placement here and tell every other router (core NATS, no ack)."""
-        weight = self.policy.placed(ctx, model, replica, self.table)
+    async def _announce(self, ctx: Any, model: str, replica: str, weight: int) -> None:
+        """Tell every other router where the request went (core NATS, no ack); this
+        router recorded it when it chose."""
         if replica != ANY_REPLICA and self.nc is not None:
             await self.nc.publish(self.names.placements, codec.encode_placement(PlacementRecord(
                 self.router_id, model, replica, weight, ctx.session_hash, ctx.prefix_hashes)))

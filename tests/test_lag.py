@@ -122,7 +122,9 @@ def stream_of(snap: LagSnapshot, name: str) -> StreamLag:
 
 async def queued_work(fabric, client, requests: int = 5, in_flight: int = 2):
     """A router and a gated general/r0 worker holding ``in_flight`` requests; the rest wait."""
-    await fabric.router()
+    # Every request must queue on r0's own subject, past the default saturation point
+    # (2 × capacity outstanding), beyond which replica choice sends the rest to .any.
+    await fabric.router(saturation=8.0)
     engine = GatedEngine(capacity=in_flight)
     await fabric.worker("general", "r0", engine=engine, max_inflight=in_flight)
     await fabric.worker("code", "r0")

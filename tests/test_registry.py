@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from fabric.client import chat
-from router.context import PREFIX_BLOCK_CHARS
+from router.context import PREFIX_BLOCK_CHARS, PrefixMemory
+from router.policy import Policy
+from router.registry import ReplicaTable
+from router.rules import DEFAULT_RULES
 from subjects import codec
 from subjects.messages import Heartbeat
 from subjects.settings import replica_bucket_config, work_consumer_config
@@ -135,3 +140,48 @@ async def test_routers_share_placements_so_a_prefix_sticks_across_routers(fabric
         again = await client.complete(chat(document + f"Question {i}?", model=MODEL,
                                            max_tokens=2), timeout=10)
         assert again.replica == answer.replica
+
+
+async def test_a_burst_of_one_new_prefix_is_spread_by_the_load_bound(fabric, client):
+    """Requests that arrive together with the same new prefix each see the ones chosen
+    before them (the router claims a replica when it chooses, before the publish returns),
+    so the burst lands exactly as one-at-a-time routing would place it."""
+    ghosts = ("g0", "g1", "g2", "g3")
+    # No load samples during the test: only the router's own placements count.
+    router = await fabric.router(load_sample_interval=600.0)
+    # Four blocks: short enough that sharing it is cheap (below free_move_tokens).
+    document = "A shared report on tides. " * (4 * PREFIX_BLOCK_CHARS // 26 + 1)
+    request = chat(document + "What rises?", model=MODEL, max_tokens=16)
+    burst = 16
+    async with contextlib.AsyncExitStack() as stack:
+        for name in ghosts:
+            await stack.enter_async_context(ghost(client, name))
+        await fabric.wait_for_replicas(len(ghosts))
+        # The same placements, made one at a time on a fresh copy of the router's view.
+        policy = Policy(DEFAULT_RULES, PrefixMemory(), replica_settings=router.policy.replica_settings)
+        table = ReplicaTable(ttl=60.0, load_from_heartbeats=False)
+        for name in ghosts:
+            table.apply(Heartbeat(model=MODEL, replica=name, capacity=100, warm=True), 0.0)
+        expected: Counter[str] = Counter()
+        for _ in range(burst):
+            ctx = policy.context(request)
+            replica = policy.choose_replicas(ctx, MODEL, table)[0][0]
+            policy.placed(ctx, MODEL, replica, table)
+            expected[replica] += 1
+        assert max(expected.values()) < burst  # the bound spreads it (else the test is moot)
+
+        answers = [asyncio.ensure_future(client.complete(
+            msgspec.structs.replace(request, id=f"burst-{i}"), timeout=30, retries=0))
+            for i in range(burst)]
+        try:
+            counts: dict[str, int] = {}
+            for _ in range(200):
+                counts = {name: await queued_on(client, name) for name in ghosts}
+                if sum(counts.values()) == burst:
+                    break
+                await asyncio.sleep(0.05)
+            assert {k: v for k, v in counts.items() if v} == dict(expected)
+        finally:
+            for answer in answers:
+                answer.cancel()
+            await asyncio.gather(*answers, return_exceptions=True)

@@ -81,6 +81,80 @@ def test_ring_change_moves_only_the_keys_of_the_replica_that_left():
     assert 0.02 < share < 0.13  # about 1/16 of the ring
 
 
+def test_ring_joins_and_leaves_in_place_give_the_ring_a_fresh_build_gives():
+    """Routers that saw replicas join in different orders (or leave and come back) hold
+    the same ring, and a slice walked on demand equals the filled table's."""
+    names = [f"r{i}" for i in range(24)]
+    fresh = HashRing(names).fill(6)
+    grown = HashRing()
+    shuffled = names[:]
+    random.Random(5).shuffle(shuffled)
+    for name in shuffled:
+        assert grown.add(name)
+    assert not grown.add("r3")  # already there
+    assert grown.add("gone") and grown.remove("gone") and not grown.remove("gone")
+    keys = [random.Random(k).getrandbits(64) for k in range(500)]
+    assert not grown.filled
+    assert [grown.successors(k, 6) for k in keys] == [fresh.successors(k, 6) for k in keys]
+    grown.fill(6)
+    assert grown.filled
+    assert [grown.successors(k, 6) for k in keys] == [fresh.successors(k, 6) for k in keys]
+    # A leave forgets the table; the walks after it never list the replica that left.
+    grown.remove("r7")
+    assert not grown.filled and grown.size == 23
+    assert all("r7" not in grown.successors(k, 6) for k in keys)
+    assert [grown.successors(k, 6) for k in keys] == [HashRing(set(names) - {"r7"}).successors(k, 6)
+                                                      for k in keys]
+
+
+def test_a_fleet_ring_follows_membership_without_a_rebuild_on_the_request_path():
+    table, fleet = fleet_of(6)
+    ring = fleet.ring
+    table.refresh()
+    assert ring.filled
+    table.apply(Heartbeat(model=MODEL, replica="r9", capacity=8), 1.0)
+    assert fleet.ring is ring and "r9" in ring and not ring.filled  # updated in place
+    table.refresh()
+    assert ring.filled
+    table.remove(MODEL, "r2")
+    assert "r2" not in ring
+    for k in range(200):
+        assert all(load.name != "r2" for load in ring.successors(k << 50, 8))
+
+
+def test_least_loaded_follows_every_change_of_load():
+    """The fleet's heap answers as a scan of the fleet would, after placements, samples,
+    saturation and draining."""
+    table, fleet = fleet_of(12, capacity=2)
+    rng = random.Random(9)
+
+    def scan() -> str | None:
+        open_ = [(load.weight, name) for name, load in fleet.usable.items()
+                 if load.requests < load.limit]
+        return min(open_)[1] if open_ else None
+
+    for step in range(3000):
+        name = f"r{rng.randrange(12)}"
+        action = rng.random()
+        if action < 0.5:
+            fleet.placed(name, rng.randrange(1, 5000))
+        elif action < 0.9:
+            fleet.sample(name, rng.randrange(0, 6))
+        else:
+            table.apply(Heartbeat(model=MODEL, replica=name, capacity=rng.choice((1, 2, 3)),
+                                  draining=rng.random() < 0.3), float(step))
+        assert fleet.least_loaded() == scan()
+    assert len(fleet._by_load) <= 4 * 12 + 65  # stale entries do not pile up
+
+
+def test_a_prompt_with_no_block_and_no_session_goes_to_the_least_loaded_replica():
+    _, fleet = fleet_of(8)
+    for i in range(8):
+        fleet.placed(f"r{i}", 1000 + (i * 37) % 8 * 100)
+    expected = min((load.weight, name) for name, load in fleet.usable.items())[1]
+    assert choose_affinity(ctx((), tokens=100), fleet)[0] == (expected, CacheClass.COLD)
+
+
 # ---- the placement memory ----------------------------------------------------------------
 def test_lookup_finds_the_deepest_placed_prefix_with_or_without_a_hint():
     memory = PlacementMemory()
@@ -118,6 +192,19 @@ def test_sessions_and_generations():
         memory.record("r3", chain(1000 + i))
     assert memory.lookup(chain(1, 2)) == (0, 0, ())
     assert len(memory) <= 64
+
+
+def test_holders_keep_their_order_and_their_bound_in_the_packed_entries():
+    memory = PlacementMemory(fanout=4)
+    prompt = chain(7, 8)
+    for replica in ("a", "b", "c", "b", "d"):
+        memory.record(replica, prompt)
+    assert memory.holders(prompt[-1]) == ("d", "b", "c", "a")
+    memory.record("e", prompt)  # the oldest holder drops off
+    assert memory.holders(prompt[-1]) == ("e", "d", "b", "c")
+    assert memory.lookup(prompt) == (2, 2, ())  # four holders: spread
+    memory.record("d", chain(7, 8, 9))
+    assert memory.lookup(chain(7, 8, 9, 10)) == (3, 2, ("d",))
 
 
 # ---- load estimates ---------------------------------------------------------------------------
@@ -290,3 +377,32 @@ def test_without_the_move_allowance_no_replica_ends_above_the_bound(weights, rep
     loads = [load.weight for load in fleet.usable.values()]
     mean = sum(loads) / len(loads)
     assert max(loads) <= 1.15 * mean + max(weights) + s.default_output_tokens
+
+
+def test_a_refused_placement_is_taken_back_as_if_never_made():
+    load = ReplicaLoad(limit=16)
+    for weight in (100, 200, 300):
+        load.placed(weight)
+    load.sample(2, fill_weight=50)  # 200 and 300 outstanding
+    load.placed(400)
+    load.placed(500)
+    assert load.cancel(400)  # refused: the later placement keeps its place
+    assert (load.weight, load.requests) == (1000, 3)
+    load.sample(2, fill_weight=50)  # the newest two: 300 and 500
+    assert (load.weight, load.requests) == (800, 2)
+    assert not load.cancel(999)
+    assert load.cancel(100)  # already done: only the history changes
+    assert (load.weight, load.requests) == (800, 2)
+    load.sample(3, fill_weight=50)
+    assert (load.weight, load.requests) == (1000, 3)
+
+
+def test_a_released_claim_frees_the_replica_it_saturated():
+    _, fleet = fleet_of(2, capacity=1)  # saturated at 2 outstanding
+    fleet.placed("r0", 100)
+    fleet.placed("r0", 150)
+    assert fleet.open_count == 1 and fleet.least_loaded() == "r1"
+    fleet.unplaced("r0", 150)
+    assert fleet.open_count == 2 and fleet.usable_weight == 100 == fleet.load("r0")
+    fleet.placed("r1", 500)
+    assert fleet.least_loaded() == "r0"
