@@ -26,6 +26,10 @@ message to the conversation; 70% of follow-ups come from the first turn's source
 from anywhere), routed with and without the sticky-session table. A bounce is a turn
 that goes to a different model than the turn before it in the same session.
 
+The C twin (router/_scan.c) against the Python code it mirrors: the context stage again,
+in a child process started with SLM_PURE_PYTHON=1, and (with --instructions) the
+instruction counts both ways.
+
 Run: make bench-decision  (or python -m bench.decision [--data PATH] [--quick] [--cpu N] [--instructions])
 """
 
@@ -137,12 +141,6 @@ def replica_table(replicas: int) -> ReplicaTable:
     for model in MODELS:
         for i in range(replicas):
             table.apply(Heartbeat(model=model, replica=f"r{i}", capacity=CAPACITY), now=0.0)
-    # The router's periodic upkeep has run since the replicas joined (router.service calls
-    # ReplicaTable.refresh off the request path): each model's hash ring is built and its
-    # lookup table filled, as in a running router, rather than on the first timed request.
-    refresh = getattr(table, "refresh", None)
-    if refresh is not None:
-        refresh()
     return table
 
 
@@ -299,6 +297,28 @@ def load() -> str:
 COUNTED = ("dev prompts", "~8k tokens", "~8k tokens, ASCII")
 
 
+def run_context_worker(data: Path, quick: bool, workload: str) -> None:
+    """What the pure-Python comparison runs (in a process started with SLM_PURE_PYTHON=1):
+    the workload's context times, each request's median of PASSES passes, as JSON."""
+    rows = load_prompts(data)
+    requests = dict(build_workloads(rows, quick, random.Random(11)))[workload]
+    time_stages(requests[:200], 4)  # warm up as the main run does
+    stages = median_of_passes(functools.partial(time_stages, requests, 4), PASSES)
+    print(json.dumps(stages["context"]))
+
+
+def pure_python_context(data: Path, quick: bool, workload: str, cpu: int | None) -> list[float]:
+    """``workload``'s context times with the C twin switched off, from a child process."""
+    command = [sys.executable, "-m", "bench.decision", "--data", str(data), "--context-worker", workload]
+    if quick:
+        command.append("--quick")
+    if cpu is not None:
+        command += ["--cpu", str(cpu)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "SLM_PURE_PYTHON": "1"})
+    return [float(v) for v in json.loads(done.stdout.splitlines()[-1])]
+
+
 def run_counted(data: Path, workload: str, stages: str, passes: int) -> None:
     """The worker valgrind runs: one warm-up pass, then ``passes`` more, untimed."""
     rows = load_prompts(data)
@@ -316,15 +336,16 @@ def run_counted(data: Path, workload: str, stages: str, passes: int) -> None:
     print(f"requests={len(requests)}", file=sys.stderr)
 
 
-def count_instructions(data: Path, workload: str, stages: str) -> float:
+def count_instructions(data: Path, workload: str, stages: str, pure_python: bool = False) -> float:
     """Instructions per request: (2 passes - 0 passes) / (2 x requests), by cachegrind."""
     counts, requests = [], 0
+    env = {**os.environ, "SLM_PURE_PYTHON": "1" if pure_python else "0"}
     for passes in (0, 2):
         done = subprocess.run(
             ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
              sys.executable, "-m", "bench.decision", "--data", str(data),
              "--count-worker", workload, stages, str(passes)],
-            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1], env=env)
         refs = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
         found = re.search(r"requests=(\d+)", done.stderr)
         if refs is None or found is None:
@@ -341,12 +362,18 @@ def instruction_lines(data: Path) -> list[str]:
              "Counted by `valgrind --tool=cachegrind` (`python -m bench.decision --instructions`): "
              "a run with two untimed passes minus a run with none, over 4 replicas per model. "
              "Model choice = context + rules; whole decision = + replica choice and its bookkeeping "
-             "(placement record, queue sample).", "",
-             "| prompts | model choice | whole decision |", "| --- | --- | --- |"]
+             "(placement record, queue sample). Pure Python: the same run with SLM_PURE_PYTHON=1 "
+             "(router/_scan.c, the C twin, switched off).", "",
+             "| prompts | model choice | model choice, pure Python | whole decision | "
+             "whole decision, pure Python | whole decision: pure Python / C twin |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for workload in COUNTED:
         model = count_instructions(data, workload, "model")
+        model_pure = count_instructions(data, workload, "model", pure_python=True)
         whole = count_instructions(data, workload, "all")
-        lines.append(f"| {workload} | {model:,.0f} | {whole:,.0f} |")
+        whole_pure = count_instructions(data, workload, "all", pure_python=True)
+        lines.append(f"| {workload} | {model:,.0f} | {model_pure:,.0f} | {whole:,.0f} | {whole_pure:,.0f} | "
+                     f"{whole_pure / whole:.2f}x |")
     return lines
 
 
@@ -359,6 +386,8 @@ def main() -> None:
                         help="also count instructions per request with valgrind (a few minutes)")
     parser.add_argument("--count-worker", nargs=3, metavar=("WORKLOAD", "STAGES", "PASSES"),
                         help=argparse.SUPPRESS)  # what --instructions runs under valgrind
+    parser.add_argument("--context-worker", metavar="WORKLOAD",
+                        help=argparse.SUPPRESS)  # the pure-Python side of the comparison
     args = parser.parse_args()
     if args.count_worker:
         workload, stages, passes = args.count_worker
@@ -366,6 +395,9 @@ def main() -> None:
         return
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    if args.context_worker:
+        run_context_worker(args.data, args.quick, args.context_worker)
+        return
     rows = load_prompts(args.data)
     rng = random.Random(11)
     workloads = build_workloads(rows, args.quick, rng)
@@ -388,6 +420,7 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     summary = []
+    native_context: dict[str, list[float]] = {}
     for name, requests in workloads:
         chars = sum(len(m.text()) for r in requests for m in r.messages) / len(requests)
         tokens = sum(estimate_tokens("".join(m.text() for m in r.messages)) for r in requests) / len(requests)
@@ -403,6 +436,19 @@ def main() -> None:
                 f"**{p(stages['total'], 50)} / {p(stages['total'], 99)}** | "
                 f"{p(baseline, 50)} / {p(baseline, 99)} | {speedup:.1f}x |")
             summary.append((name, replicas, percentile(stages["total"], 99)))
+            if replicas == REPLICA_COUNTS[0]:
+                native_context[name] = stages["context"]
+    lines += ["", "### The C twin against the Python code", "",
+              "Context stage (4 replicas per model), this run against a child process of the same run "
+              "with SLM_PURE_PYTHON=1 (router/_scan.c switched off: the same contexts, tests/test_scan.py "
+              "checks it), one after the other.", "",
+              "| prompts | context p50 / p99, C twin | context p50 / p99, pure Python | speed-up p50 / p99 |",
+              "| --- | --- | --- | --- |"]
+    for name, _ in workloads:
+        native, pure = native_context[name], pure_python_context(args.data, args.quick, name, args.cpu)
+        lines.append(f"| {name} | {p(native, 50)} / {p(native, 99)} | {p(pure, 50)} / {p(pure, 99)} | "
+                     f"{percentile(pure, 50) / percentile(native, 50):.1f}x / "
+                     f"{percentile(pure, 99) / percentile(native, 99):.1f}x |")
     lines = [line.replace("LOAD_AFTER", load()) for line in lines]
     conversations = sessions(rows, 150 if args.quick else 1000, rng)
     free_rate, free_paths, follow = bounce_rate(conversations, sticky=False)
