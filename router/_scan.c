@@ -368,7 +368,20 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!v) goto fail;
         PyTuple_SET_ITEM(lanes, t->lexicon_lanes + k, v);
     }
-    return Py_BuildValue("(Nnnnnn)", lanes, word_count, features, n - separators, digits, spaces);
+    /* Built by hand: Py_BuildValue parses its format string on every call. */
+    Py_ssize_t counts[5] = {word_count, features, n - separators, digits, spaces};
+    PyObject *result = PyTuple_New(6);
+    if (!result) goto fail;
+    PyTuple_SET_ITEM(result, 0, lanes);
+    for (int k = 0; k < 5; k++) {
+        PyObject *v = PyLong_FromSsize_t(counts[k]);
+        if (!v) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(result, k + 1, v);
+    }
+    return result;
 fail:
     Py_DECREF(lanes);
     return NULL;
@@ -531,6 +544,67 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
     }
     Py_DECREF(seed);
     return hashes;
+}
+
+/* ---- script detection: count UTF-8 lead bytes by script in one pass ---- */
+
+/* script_census(window, codes, e0_next, e1_next, letters) -> (counts, continuation_bytes)
+ *
+ * codes maps every byte to a code (router/context.py's _SCRIPT_CODES): a script, "not a
+ * letter", a continuation byte, or the E0/E1 lead bytes whose script the next byte names
+ * (e0_next / e1_next map that next byte to a code; a lead at the window's end counts as
+ * e0_next[0] / e1_next[0], bytes that are never a continuation). counts: how many
+ * characters of each code in `letters`, in that order. The Python it mirrors:
+ * router.context.python_script_census. */
+static PyObject *script_census(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 7) goto usage;
+    for (int i = 0; i < 5; i++)
+        if (!PyBytes_Check(args[i])) goto usage;
+    if (PyBytes_GET_SIZE(args[1]) != 256 || PyBytes_GET_SIZE(args[2]) != 256 || PyBytes_GET_SIZE(args[3]) != 256)
+        goto usage;
+    long e0_lead = PyLong_AsLong(args[5]), e1_lead = PyLong_AsLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    const unsigned char *w = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *codes = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    const unsigned char *e0_next = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    const unsigned char *e1_next = (const unsigned char *)PyBytes_AS_STRING(args[3]);
+    const unsigned char *letters = (const unsigned char *)PyBytes_AS_STRING(args[4]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), lettered = PyBytes_GET_SIZE(args[4]);
+    Py_ssize_t per_code[256] = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char code = codes[w[i]];
+        if (code == e0_lead) code = e0_next[i + 1 < n ? w[i + 1] : 0];
+        else if (code == e1_lead) code = e1_next[i + 1 < n ? w[i + 1] : 0];
+        per_code[code]++;
+    }
+    /* The continuation count is of the bytes' own codes: a refined lead never becomes one. */
+    Py_ssize_t continuation = 0;
+    unsigned char continuation_code = codes[0x80];
+    for (Py_ssize_t i = 0; i < n; i++) continuation += codes[w[i]] == continuation_code;
+    PyObject *counts = PyTuple_New(lettered);
+    if (!counts) return NULL;
+    for (Py_ssize_t k = 0; k < lettered; k++) {
+        PyObject *v = PyLong_FromSsize_t(per_code[letters[k]]);
+        if (!v) {
+            Py_DECREF(counts);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(counts, k, v);
+    }
+    PyObject *tail = PyLong_FromSsize_t(continuation), *result = tail ? PyTuple_New(2) : NULL;
+    if (!result) {
+        Py_XDECREF(tail);
+        Py_DECREF(counts);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, counts);
+    PyTuple_SET_ITEM(result, 1, tail);
+    return result;
+usage:
+    PyErr_SetString(PyExc_TypeError,
+                    "script_census(window, codes[256], e0_next[256], e1_next[256], letters, e0_lead, e1_lead)");
+    return NULL;
 }
 
 /* ---- the scorer's last step: signal weights, the linear sum and the softmax ---- */
@@ -709,8 +783,24 @@ static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_
         total += e[k];
     }
     double inv_total = 1.0 / total;
-    return Py_BuildValue("(i(ddddd))", best, e[0] * inv_total, e[1] * inv_total, e[2] * inv_total,
-                         e[3] * inv_total, e[4] * inv_total);
+    PyObject *probabilities = PyTuple_New(CLASSES), *result = NULL;
+    if (!probabilities) return NULL;
+    for (int k = 0; k < CLASSES; k++) {
+        PyObject *p = PyFloat_FromDouble(e[k] * inv_total);
+        if (!p) goto fail;
+        PyTuple_SET_ITEM(probabilities, k, p);
+    }
+    PyObject *chosen = PyLong_FromLong(best);
+    if (!chosen || !(result = PyTuple_New(2))) {
+        Py_XDECREF(chosen);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(result, 0, chosen);
+    PyTuple_SET_ITEM(result, 1, probabilities);
+    return result;
+fail:
+    Py_DECREF(probabilities);
+    return NULL;
 }
 
 static PyTypeObject ClassModelType = {
@@ -742,6 +832,8 @@ static PyMethodDef methods[] = {
      "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
     {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
      "block_hashes(text, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
+    {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
+     "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,
      "class_scores(model, lanes, text_features, signals, cue_sums) -> (best, probabilities)"},
     {NULL, NULL, 0, NULL},

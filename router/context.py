@@ -61,9 +61,10 @@ try:
     from router._scan import ScanTable as _ScanTable
     from router._scan import block_hashes as _native_block_hashes
     from router._scan import scan as _native_scan
+    from router._scan import script_census as _native_script_census
     from router._scan import utf8_length as _native_utf8_length
 except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
-    _ScanTable = _native_block_hashes = _native_scan = _native_utf8_length = None
+    _ScanTable = _native_block_hashes = _native_scan = _native_script_census = _native_utf8_length = None
 
 # Prompt text is hashed in fixed-size blocks of characters; hashes are chained, so hash i
 # names the whole prompt up to the end of block i. 2,048 characters is about 512 tokens of
@@ -647,6 +648,20 @@ def detect_script(view: TextView) -> Script:
     window = view.window
     if window.isascii():
         return _LATIN
+    if _native_script_census is not None:
+        counts, continuation = _native_script_census(window, _SCRIPT_CODES, _E0_NEXT, _E1_NEXT, _LETTER_CODES,
+                                                     _E0_LEAD, _E1_LEAD)
+    else:
+        counts, continuation = python_script_census(window)
+    characters = len(window) - continuation - view.space_bytes
+    if 3 * sum(counts) < characters:
+        return _LATIN
+    return _LETTER_SCRIPTS[counts.index(max(counts))]  # the first of the most
+
+
+def python_script_census(window: bytes) -> tuple[tuple[int, ...], int]:
+    """Characters of each of _LETTER_SCRIPTS in ``window``, in that order, and its UTF-8
+    continuation bytes (the reference for router/_scan.c's script_census)."""
     coded = window.translate(_SCRIPT_CODES)
     counts = {script: coded.count(script) for script in _LETTER_SCRIPTS}
     e0, e1 = coded.count(_E0_LEAD), coded.count(_E1_LEAD)
@@ -660,11 +675,21 @@ def detect_script(view: TextView) -> Script:
         greek = sum(map(window.count, _E1_GREEK))
         counts[Script.GREEK] += greek
         counts[Script.OTHER] += e1 - greek - sum(map(window.count, _E1_LATIN))
-    others = sum(counts.values())
-    characters = len(window) - coded.count(_CONTINUATION) - view.space_bytes
-    if 3 * others < characters:
-        return Script.LATIN
-    return max(counts.items(), key=lambda kv: kv[1])[0]
+    return tuple(counts.values()), coded.count(_CONTINUATION)
+
+
+def _next_byte_codes(default: int, pairs: Iterable[tuple[int, tuple[bytes, ...]]]) -> bytes:
+    """For an E0/E1 lead: the code its next byte names (script_census's lookup table)."""
+    codes = [default] * 256
+    for code, leads in pairs:
+        for pair in leads:
+            codes[pair[1]] = code
+    return bytes(codes)
+
+
+_E0_NEXT = _next_byte_codes(Script.OTHER, _E0_SCRIPTS)
+_E1_NEXT = _next_byte_codes(Script.OTHER, ((Script.GREEK, _E1_GREEK), (_NOT_A_LETTER, _E1_LATIN)))
+_LETTER_CODES = bytes(_LETTER_SCRIPTS)
 
 
 def safety_category(lanes: tuple[int, ...]) -> SafetyCategory:

@@ -212,14 +212,11 @@ def harm_targets(words: list[bytes], verbs: frozenset[bytes]) -> int:
     found = 0
     bits = _TARGET_BITS.get
     for verb in verbs.intersection(words):  # C-level: no Python work per word
-        at = words.index(verb)
-        while True:
+        at = -1
+        for _ in range(words.count(verb)):  # no ValueError to end on: raising one costs ~1 us
+            at = words.index(verb, at + 1)
             hit = reduce(or_, map(bits, words[at + 1 : at + 1 + _TARGET_REACH], _ZEROS), 0)
             found |= hit or _NO_TARGET
-            try:
-                at = words.index(verb, at + 1)
-            except ValueError:
-                break
     return found
 
 

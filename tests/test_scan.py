@@ -233,3 +233,32 @@ def test_keys_longer_than_a_slot_holds_are_found_too() -> None:
     native, python = both_ways(long_word + b" again " + long_word, table)
     assert native == python
     assert native.lanes[0] == 1 and native.lanes[LEXICON_LANES] == 1
+
+
+# ---- script detection ------------------------------------------------------------------------
+
+scripts = st.text(st.one_of(
+    st.characters(max_codepoint=0x7F), st.characters(min_codepoint=0x370, max_codepoint=0x6FF),  # Greek..Arabic
+    st.characters(min_codepoint=0x900, max_codepoint=0xE7F),  # Devanagari..Thai (E0 leads)
+    st.characters(min_codepoint=0x1000, max_codepoint=0x1FFF),  # E1 leads: Latin and Greek Extended, ...
+    st.characters(min_codepoint=0x3000, max_codepoint=0xD7A3)), max_size=700)  # kana, CJK, Hangul
+
+
+def census_both_ways(window: bytes) -> tuple[object, object]:
+    native = scan.script_census(window, context._SCRIPT_CODES, context._E0_NEXT, context._E1_NEXT,
+                                context._LETTER_CODES, context._E0_LEAD, context._E1_LEAD)
+    return native, context.python_script_census(window)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.one_of(scripts.map(lambda t: read_text(t).window), st.binary(max_size=600)))
+def test_script_census_matches_the_python_reference(window: bytes) -> None:
+    native, python = census_both_ways(window)
+    assert native == python
+
+
+def test_a_lead_byte_at_the_window_end_counts_as_other_script() -> None:
+    for lead in (b"\xe0", b"\xe1"):
+        native, python = census_both_ways(b"abc " + lead)
+        assert native == python
+        assert native[0][-1] == 1  # Script.OTHER is the last of the letter scripts
