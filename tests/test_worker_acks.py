@@ -381,6 +381,32 @@ async def test_worker_holds_no_more_than_its_free_slots(fabric, client):
     assert engine.max_running == 2
 
 
+async def test_an_idle_worker_takes_a_burst_on_either_queue_at_once(fabric, client):
+    """No credit waits on an empty queue while work waits on the other, but the one
+    message the own subject lingers for (see ``Worker._pull_loop``).
+
+    ``idle_poll`` is 5 s here: a slot held by a lingering pull on the queue that stays
+    empty would keep part of a burst waiting that long (and the stop waits it out once).
+    """
+    engine = ScriptedEngine(capacity=4)
+    engine.gate.clear()
+    await engine.warmup()
+    worker = await fabric.worker("general", "r0", engine=engine, max_inflight=4, fetch_batch=4,
+                                 idle_poll=5.0, warmup=False)
+    queue = Queue(client)
+    for replica, burst in (("r0", 4), (ANY_REPLICA, 3)):
+        await wait_until(lambda: worker.own.lingering and worker.any.lingering)
+        subs = [await queue.put(chat(f"{replica} {i}", max_tokens=1), f"burst-{replica}-{i}",
+                                replica=replica) for i in range(burst)]
+        await wait_until(lambda: engine.running == burst, timeout=2)
+        engine.gate.set()
+        for sub in subs:
+            got = await replies(sub)
+            assert isinstance(got[-1], Chunk) and got[-1].final
+        await wait_until(lambda: not worker._tasks and engine.running == 0)
+        engine.gate.clear()
+
+
 async def test_own_subject_is_served_before_the_shared_any_queue(fabric, client):
     engine = ScriptedEngine(capacity=1)
     queue = Queue(client)

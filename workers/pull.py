@@ -8,6 +8,13 @@ server's status replies (404 no messages, 408 expired, 409 …) settle exactly t
 they belong to. (Delivered messages carry their stream subject, not the reply subject,
 so only the subscription tells them apart.) A message that arrives after its request was
 given up on is still delivered, never dropped.
+
+``doorbell`` waits for work without holding a credit: a pull request for one message of at
+most one byte. No work message is that small, so the server never delivers one to it; the
+moment a message becomes available it answers ``409 Message Size Exceeds MaxBytes`` and
+leaves the message in place for a real pull. A worker idle on two queues lingers with real
+credits on one and a doorbell on the other, so no credit sits on a queue that stays empty
+while work waits on the other (a lingering pull cannot be taken back before it expires).
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from subjects.names import pull_next_subject
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
+_TOO_BIG = "409"  # for a doorbell: "Message Size Exceeds MaxBytes", a message is waiting
 _encode = msgspec.json.Encoder().encode
 
 
 @dataclass(slots=True)
 class PullRequest:
     batch: int
+    credits: int  # messages the caller holds slots for: ``batch``, or 0 for a doorbell
     received: int = 0
     finished: bool = False
     status: str = ""
@@ -41,7 +50,12 @@ class PullRequest:
 
     @property
     def outstanding(self) -> int:
-        return 0 if self.finished else self.batch - self.received
+        return 0 if self.finished else max(self.credits - self.received, 0)
+
+    @property
+    def rang(self) -> bool:
+        """A doorbell's answer: work became available on its consumer."""
+        return self.status == _TOO_BIG
 
 
 class Puller:
@@ -49,10 +63,11 @@ class Puller:
 
     def __init__(self, nc: NATS, api_prefix: str, stream: str, consumer: str,
                  on_message: Callable[[Msg], None],
-                 on_credits: Callable[[], None] | None = None) -> None:
+                 on_settled: Callable[[], None] | None = None) -> None:
         self._nc = nc
-        # Called when a request settles and its undelivered credits return to the caller.
-        self._on_credits = on_credits
+        # Called whenever a request settles: its undelivered credits return to the caller,
+        # a doorbell rang, or a lingering request filled up (more work may be waiting).
+        self._on_settled = on_settled
         self._next_subject = pull_next_subject(stream, consumer, api_prefix)
         self._on_message = on_message
         self._inbox = nc.new_inbox()
@@ -92,10 +107,21 @@ class Puller:
         it has. With ``expires`` the request lingers; ``wait_for_first`` returns at the first
         delivery, leaving the rest of the request open (its credits stay outstanding).
         """
+        return await self._request(PullRequest(batch, batch), {"batch": batch}, expires,
+                                   wait_for_first)
+
+    async def doorbell(self, expires: float) -> PullRequest:
+        """Wait up to ``expires`` for work on this consumer without taking any (no credit).
+
+        Settles ``rang`` when a message is available; the caller then pulls it for real.
+        """
+        return await self._request(PullRequest(1, 0), {"batch": 1, "max_bytes": 1}, expires,
+                                   wait_for_first=False)
+
+    async def _request(self, request: PullRequest, body: dict[str, object],
+                       expires: float | None, wait_for_first: bool) -> PullRequest:
         token = str(next(self._ids))
-        request = PullRequest(batch)
         self._open[token] = request
-        body: dict[str, object] = {"batch": batch}
         if expires is None:
             body["no_wait"] = True
             local_limit = 2.0
@@ -128,8 +154,8 @@ class Puller:
             request.finished = True
             request.status = status
             request.activity.set()
-            if self._on_credits is not None and request.received < request.batch:
-                self._on_credits()
+            if self._on_settled is not None:
+                self._on_settled()
         # The server sends nothing more once it has answered with a status or filled the
         # batch; after a local timeout it still might, so that subscription stays.
         if status != "local-timeout" and (sub := self._subs.pop(token, None)) is not None:

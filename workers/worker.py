@@ -111,7 +111,7 @@ class Worker:
                                     c.any_max_ack_pending)
         self.kv = await self.js.create_key_value(**replica_bucket_config(self.names, c.stream_replicas))
         api = "$JS.API"
-        # A settled pull request returns its undelivered credits: wake the pull loop.
+        # A settled pull request (credits back, a doorbell, a filled linger) wakes the pull loop.
         self.own = Puller(self.nc, api, self.stream, self.own_consumer, self._on_message,
                           self._slot_freed.set)
         self.any = Puller(self.nc, api, self.stream, self.any_consumer, self._on_message,
@@ -224,9 +224,15 @@ class Worker:
     async def _pull_loop(self) -> None:
         """Own subject first, then .any; when both are empty, linger on both at once.
 
-        Lingering on both (credits split between them) means work spilled to ``.any``
-        starts as soon as it lands instead of at the next poll, and it cannot jump ahead
-        of sticky work: the lingering starts only once both queues were found empty.
+        Lingering on both means work spilled to ``.any`` starts as soon as it lands instead
+        of at the next poll, and it cannot jump ahead of sticky work: the lingering starts
+        only once both queues were found empty. The own subject lingers for one message,
+        delivered the moment it lands (the first request's TTFT pays no extra round trip);
+        that fills the pull and wakes this loop, which pulls whatever else has arrived with
+        every free slot. ``.any`` lingers with a doorbell (no credit): when it rings, its work
+        is pulled with the free slots. So at most one slot can wait on a queue that stays
+        empty (until ``idle_poll``) while work waits on the other — credits split between
+        two lingering pulls used to strand half of them that way.
         """
         lingering: set[asyncio.Task[object]] = set()
         try:
@@ -243,12 +249,11 @@ class Worker:
                     got += (await self.any.pull(self._pull_size())).received
                 if got or self._free_slots() <= 0:
                     continue
-                free = self._free_slots()
-                for puller, share in ((self.own, free - free // 2), (self.any, free // 2)):
-                    if share > 0 and not puller.lingering:
-                        lingering.add(asyncio.ensure_future(puller.pull(
-                            min(share, self.config.fetch_batch), expires=self.config.idle_poll,
-                            wait_for_first=True)))
+                if not self.own.lingering:
+                    lingering.add(asyncio.ensure_future(self.own.pull(
+                        1, expires=self.config.idle_poll)))
+                if not self.any.lingering:
+                    lingering.add(asyncio.ensure_future(self.any.doorbell(self.config.idle_poll)))
                 self._slot_freed.clear()
                 waiter = asyncio.ensure_future(self._slot_freed.wait())
                 done, _ = await asyncio.wait({*lingering, waiter}, timeout=self.config.idle_poll,
