@@ -233,9 +233,14 @@ def main() -> int:
     parser.add_argument("--load-requests", type=int, default=32, help="per round and path")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--no-save", action="store_true",
+                        help="print the result only (while iterating): results.md stays as it is")
     args = parser.parse_args()
     result = asyncio.run(run(args.engine, args.rounds, args.ttft_requests, args.load_requests,
                              args.concurrency, args.max_tokens))
+    if args.no_save:
+        print(json.dumps(result, indent=2))
+        return 0
     rows = json.loads(RAW.read_text()) if RAW.exists() else {}
     rows[args.engine] = result
     RAW.write_text(json.dumps(rows, indent=2) + "\n")

@@ -49,6 +49,10 @@ _WORDS = (
 ).split()
 
 
+# How far behind the modelled step clock the scheduler may start a step and still catch up.
+_MAX_CATCH_UP = 0.002
+
+
 class SimParams(msgspec.Struct, frozen=True, kw_only=True):
     """Constants of the simulated engine (see the module docstring for their sources)."""
 
@@ -208,9 +212,12 @@ class SimEngine:
 
     async def _schedule(self) -> None:
         p = self.params
+        loop = asyncio.get_running_loop()
+        step_end: float | None = None  # when the last step was due to end (None: idle)
         while True:
             self._drop_aborted()
             if not self._running and not self._waiting:
+                step_end = None
                 self._work.clear()
                 await self._work.wait()
                 continue
@@ -218,7 +225,14 @@ class SimEngine:
             decoding = [s for s in self._running if s.prefilled]
             step = self.step_seconds(len(decoding), sum(s.prompt_tokens - s.cached_tokens for s in admitted))
             self.max_batch = max(self.max_batch, len(self._running))
-            await asyncio.sleep(step * p.time_scale)
+            # Steps run back to back on the modelled clock: a sleep wakes up to a timer tick
+            # (~1 ms) late, and a real engine's step does not grow by that, so the next step
+            # starts when this one was due to end. Bounded, so a stalled event loop does not
+            # turn into a burst of zero-length steps.
+            now = loop.time()
+            start = now if step_end is None else max(step_end, now - _MAX_CATCH_UP)
+            step_end = start + step * p.time_scale
+            await asyncio.sleep(max(step_end - now, 0.0))
             self.steps += 1
             for seq in admitted:
                 seq.prefilled = True
