@@ -64,6 +64,14 @@ typedef struct {
     int class_lanes;
     Py_ssize_t bigram_head;
     Py_ssize_t bigram_tail;
+    /* The safety cues' word facts (set_cues; router/scorer.py owns their definitions). */
+    uint32_t alarming;       /* lexicon lanes that make a window alarming; 0: no cues */
+    int violent, crime;      /* the verb lanes */
+    int group, person;
+    int targets[8];          /* the target lanes, in the order of their bits */
+    int target_count;
+    Py_ssize_t cue_words;    /* verbs and groups are looked for in the first words only */
+    Py_ssize_t reach;        /* ... and a verb's target within this many words after it */
 } ScanTable;
 
 /* FNV-1a, 64-bit: byte at a time, but words are short and it streams, so a bigram's
@@ -204,6 +212,7 @@ typedef struct {
     Py_ssize_t start;
     Py_ssize_t length;
     uint64_t state; /* FNV-1a of the word's bytes, before nonzero() */
+    uint32_t mask;  /* its lexicon lanes (a repeated word: those of its first occurrence) */
 } Word;
 
 /* The table entry for word `a` (and, when b is not NULL, " " and word `b`), or NULL. */
@@ -240,6 +249,123 @@ static void add_bigrams(const ScanTable *t, const unsigned char *text, const Wor
 }
 
 static PyTypeObject ScanTableType;
+
+/* What a verb lane's words are aimed at: router.scorer.harm_targets over the first
+ * cue_words words, from the words' lexicon masks (bit t: target lane t; the bit past the
+ * last: none of them). 0 when the lane is not in the window. */
+static uint32_t harm_found(const ScanTable *t, const Word *words, Py_ssize_t count, int lane, uint32_t present) {
+    if (!(present >> lane & 1)) return 0;
+    Py_ssize_t head = count < t->cue_words ? count : t->cue_words;
+    uint32_t found = 0;
+    for (Py_ssize_t i = 0; i < head; i++) {
+        if (!(words[i].mask >> lane & 1)) continue;
+        uint32_t hit = 0;
+        for (Py_ssize_t j = i + 1; j < head && j <= i + t->reach; j++)
+            for (int b = 0; b < t->target_count; b++) hit |= (words[j].mask >> t->targets[b] & 1u) << b;
+        found |= hit ? hit : 1u << t->target_count;
+    }
+    return found;
+}
+
+/* router.scorer.group_target == "people", from the masks (false when no group word). */
+static int group_people(const ScanTable *t, const unsigned char *text, const Word *words, Py_ssize_t count,
+                        uint32_t present) {
+    if (!(present >> t->group & 1)) return 0;
+    Py_ssize_t head = count < t->cue_words ? count : t->cue_words;
+    for (Py_ssize_t i = 0; i < head; i++) {
+        const Word *w = &words[i];
+        if (!(w->mask >> t->group & 1)) continue;
+        if ((w->mask >> t->person & 1) || text[w->start + w->length - 1] == 's' || i + 1 == count) return 1;
+        for (Py_ssize_t j = i + 1; j < count && j <= i + 2; j++)
+            if (words[j].mask >> t->person & 1) return 1;
+    }
+    return 0;
+}
+
+/* (violent targets, crime targets, word 1 or None, word 2 or None, group names people):
+ * every fact router.scorer.safety_cues reads from the words. */
+static PyObject *cue_facts(const ScanTable *t, const unsigned char *text, const Word *words, Py_ssize_t count,
+                           uint32_t present) {
+    PyObject *first = count > 1 ? PyBytes_FromStringAndSize((const char *)text + words[1].start, words[1].length)
+                                : Py_NewRef(Py_None);
+    PyObject *second = count > 2 ? PyBytes_FromStringAndSize((const char *)text + words[2].start, words[2].length)
+                                 : Py_NewRef(Py_None);
+    PyObject *violent = PyLong_FromUnsignedLong(harm_found(t, words, count, t->violent, present));
+    PyObject *crime = PyLong_FromUnsignedLong(harm_found(t, words, count, t->crime, present));
+    PyObject *people = PyBool_FromLong(group_people(t, text, words, count, present));
+    if (!first || !second || !violent || !crime) {
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        Py_XDECREF(violent);
+        Py_XDECREF(crime);
+        Py_DECREF(people);
+        return NULL;
+    }
+    PyObject *facts = PyTuple_New(5);
+    if (!facts) {
+        Py_DECREF(first);
+        Py_DECREF(second);
+        Py_DECREF(violent);
+        Py_DECREF(crime);
+        Py_DECREF(people);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(facts, 0, violent);
+    PyTuple_SET_ITEM(facts, 1, crime);
+    PyTuple_SET_ITEM(facts, 2, first);
+    PyTuple_SET_ITEM(facts, 3, second);
+    PyTuple_SET_ITEM(facts, 4, people);
+    return facts;
+}
+
+/* ScanTable.set_cues(alarming, violent, crime, targets, group, person, cue_words, reach) */
+static PyObject *ScanTable_set_cues(ScanTable *self, PyObject *args) {
+    unsigned long alarming;
+    int violent, crime, group, person;
+    PyObject *targets;
+    Py_ssize_t cue_words, reach;
+    if (!PyArg_ParseTuple(args, "kiiO!iinn", &alarming, &violent, &crime, &PyTuple_Type, &targets, &group,
+                          &person, &cue_words, &reach))
+        return NULL;
+    int lanes[4] = {violent, crime, group, person};
+    Py_ssize_t count = PyTuple_GET_SIZE(targets);
+    if (count > 8 || cue_words < 0 || reach < 0 || (alarming >> self->lexicon_lanes)) {
+        PyErr_SetString(PyExc_ValueError, "set_cues: at most 8 targets, counts >= 0, lanes inside the table's");
+        return NULL;
+    }
+    for (int k = 0; k < 4; k++)
+        if (lanes[k] < 0 || lanes[k] >= self->lexicon_lanes) {
+            PyErr_Format(PyExc_ValueError, "set_cues: lane %d is not one of the table's %d lexicon lanes",
+                         lanes[k], self->lexicon_lanes);
+            return NULL;
+        }
+    for (Py_ssize_t b = 0; b < count; b++) {
+        long lane = PyLong_AsLong(PyTuple_GET_ITEM(targets, b));
+        if (lane == -1 && PyErr_Occurred()) return NULL;
+        if (lane < 0 || lane >= self->lexicon_lanes) {
+            PyErr_Format(PyExc_ValueError, "set_cues: lane %ld is not one of the table's %d lexicon lanes",
+                         lane, self->lexicon_lanes);
+            return NULL;
+        }
+        self->targets[b] = (int)lane;
+    }
+    self->target_count = (int)count;
+    self->alarming = (uint32_t)alarming;
+    self->violent = violent;
+    self->crime = crime;
+    self->group = group;
+    self->person = person;
+    self->cue_words = cue_words;
+    self->reach = reach;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ScanTable_methods[] = {
+    {"set_cues", (PyCFunction)ScanTable_set_cues, METH_VARARGS,
+     "set_cues(alarming, violent, crime, targets, group, person, cue_words, reach): scan() then returns "
+     "the safety cues' word facts for alarming windows"},
+    {NULL, NULL, 0, NULL},
+};
 
 static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
@@ -332,13 +458,27 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             slot = (slot + 1) & seen_mask;
         }
-        if (repeat) continue; /* each distinct word counts once */
+        if (repeat) { /* each distinct word counts once */
+            word->mask = words[seen[slot] - 1].mask;
+            continue;
+        }
         seen[slot] = (uint32_t)(i + 1);
         distinct++;
         const Entry *e = lookup(t, text, hash, word, NULL);
+        word->mask = e ? e->lexicon : 0;
         if (!e) continue;
         for (uint32_t bits = e->lexicon; bits; bits &= bits - 1) lexicon[__builtin_ctz(bits)]++;
         for (int k = 0; k < t->class_lanes; k++) sums[k] += e->classes[k];
+    }
+
+    PyObject *cues = Py_None;
+    Py_INCREF(cues);
+    uint32_t present = 0;
+    for (int k = 0; k < t->lexicon_lanes; k++) present |= (uint32_t)(lexicon[k] > 0) << k;
+    if (present & t->alarming) {
+        Py_DECREF(cues);
+        cues = cue_facts(t, text, words, word_count, present);
+        if (!cues) goto fail_scratch;
     }
 
     Py_ssize_t features;
@@ -357,7 +497,10 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     PyObject *lanes = PyTuple_New(t->lexicon_lanes + t->class_lanes);
-    if (!lanes) return NULL;
+    if (!lanes) {
+        Py_DECREF(cues);
+        return NULL;
+    }
     for (int k = 0; k < t->lexicon_lanes; k++) {
         PyObject *v = PyLong_FromLong(lexicon[k]);
         if (!v) goto fail;
@@ -370,9 +513,10 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* Built by hand: Py_BuildValue parses its format string on every call. */
     Py_ssize_t counts[5] = {word_count, features, n - separators, digits, spaces};
-    PyObject *result = PyTuple_New(6);
+    PyObject *result = PyTuple_New(7);
     if (!result) goto fail;
     PyTuple_SET_ITEM(result, 0, lanes);
+    PyTuple_SET_ITEM(result, 6, cues);
     for (int k = 0; k < 5; k++) {
         PyObject *v = PyLong_FromSsize_t(counts[k]);
         if (!v) {
@@ -384,6 +528,14 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 fail:
     Py_DECREF(lanes);
+    Py_DECREF(cues);
+    return NULL;
+fail_scratch:
+    if (heap) {
+        PyMem_Free(text);
+        PyMem_Free(words);
+        PyMem_Free(seen);
+    }
     return NULL;
 }
 
@@ -823,6 +975,7 @@ static PyTypeObject ScanTableType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)ScanTable_init,
     .tp_dealloc = (destructor)ScanTable_dealloc,
+    .tp_methods = ScanTable_methods,
 };
 
 static PyMethodDef methods[] = {

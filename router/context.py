@@ -422,6 +422,9 @@ class TextView(NamedTuple):
     alnum_bytes: int  # letters and digits (and non-ASCII bytes)
     digit_bytes: int
     space_bytes: int  # spaces and newlines
+    # The word facts router.scorer.safety_cues reads, from the C pass for an alarming
+    # window of a table set up for them (Scorer): see scorer.cue_facts. None otherwise.
+    cue_facts: Any
 
     @property
     def words(self) -> list[bytes]:
@@ -466,7 +469,7 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_view_tokens(view: TextView) -> int:
-    text, utf8_bytes, window, words, _, _, alnum, digits, spaces = view  # one unpack: no per-field reads
+    text, utf8_bytes, window, words, _, _, alnum, digits, spaces, _ = view  # one unpack: no per-field reads
     chars = len(text)
     size = len(window)
     punct = size - alnum - spaces
@@ -501,8 +504,8 @@ def read_text(text: str, table: dict[bytes | tuple[bytes, bytes], int] = LEXICON
             raw = raw[:HEAD_BYTES] + b"\n" + raw[-TAIL_BYTES:]
     native = getattr(table, "native", None)
     if native is not None:
-        lanes, words, features, alnum, digits, spaces = _native_scan(raw, native)
-        return _new_tuple(TextView, (text, utf8_bytes, raw, words, features, lanes, alnum, digits, spaces))
+        lanes, words, features, alnum, digits, spaces, facts = _native_scan(raw, native)
+        return _new_tuple(TextView, (text, utf8_bytes, raw, words, features, lanes, alnum, digits, spaces, facts))
     return python_view(text, utf8_bytes, raw, table)
 
 
@@ -528,6 +531,7 @@ def python_view(text: str, utf8_bytes: int, raw: bytes, table: dict[bytes | tupl
         size - spaced.count(b" "),  # alnum_bytes
         spaced.count(b"0"),  # digit_bytes
         raw.count(b" ") + raw.count(b"\n"),  # space_bytes
+        None,  # cue_facts: router.scorer reads the words instead
     ))
 
 
@@ -648,6 +652,7 @@ def detect_script(view: TextView) -> Script:
     window = view.window
     if window.isascii():
         return _LATIN
+    counts: tuple[int, ...]
     if _native_script_census is not None:
         counts, continuation = _native_script_census(window, _SCRIPT_CODES, _E0_NEXT, _E1_NEXT, _LETTER_CODES,
                                                      _E0_LEAD, _E1_LEAD)

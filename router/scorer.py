@@ -123,10 +123,9 @@ _DEFINITION_STARTS = frozenset({(b"what", b"is"), (b"what", b"are"), (b"what", b
 _CUE_WORDS = 60  # a harm verb's object is looked for in the first words only (short asks)
 _TARGET_REACH = 4  # ... within this many words after the verb
 # What a harm verb can be aimed at, and the settings that make alarming words harmless.
-_TARGETS: tuple[tuple[str, frozenset[bytes]], ...] = tuple(
-    (lane.name.lower(), LEXICON[lane]) for lane in (
-        LexiconLane.PERSON, LexiconLane.TECH, LexiconLane.PEST, LexiconLane.FOOD,
-        LexiconLane.THING, LexiconLane.ABSTRACT, LexiconLane.FICTION))
+_TARGET_LANES = (LexiconLane.PERSON, LexiconLane.TECH, LexiconLane.PEST, LexiconLane.FOOD,
+                 LexiconLane.THING, LexiconLane.ABSTRACT, LexiconLane.FICTION)
+_TARGETS: tuple[tuple[str, frozenset[bytes]], ...] = tuple((lane.name.lower(), LEXICON[lane]) for lane in _TARGET_LANES)
 _SETTINGS: tuple[tuple[str, int], ...] = tuple(
     (lane.name.lower(), int(lane)) for lane in (
         LexiconLane.PERSON, LexiconLane.FICTION, LexiconLane.TECH, LexiconLane.PEST, LexiconLane.FOOD,
@@ -171,13 +170,19 @@ def safety_cues(view: TextView) -> list[str]:
     group of people and how the question about it opens ("why should" against "why
     can"), and private details asked about "my" someone.
     """
-    lanes, words = view.lanes, view.words
+    lanes = view.lanes
+    facts = view.cue_facts
+    if facts is None:  # no C pass: read them from the words
+        facts = cue_facts(view.words, lanes)
+    violent, crime, first, second, people = facts
     keys: list[str] = []
-    for name, lane, verbs, target_keys in _VERBS:
-        if lanes[lane]:
-            keys.append(name)
-            keys += target_keys[harm_targets(words[:_CUE_WORDS], verbs)]
-    definition = len(words) > 2 and (words[1], words[2]) in _DEFINITION_STARTS  # words[0]: the role
+    if lanes[_VIOLENT]:
+        keys.append("#violent")
+        keys += _VIOLENT_KEYS[violent]
+    if lanes[_CRIME]:
+        keys.append("#crime")
+        keys += _CRIME_KEYS[crime]
+    definition = second is not None and (first, second) in _DEFINITION_STARTS  # words[0]: the role
     if keys or any(lanes[_SAFETY_LANES]):
         keys += compress(_SETTING_KEYS, _setting_counts(lanes))
         if definition:
@@ -185,13 +190,30 @@ def safety_cues(view: TextView) -> list[str]:
     if definition:
         keys.append("#definition")
     if lanes[_GROUP] or lanes[_PRIVATE]:
-        opening = "@" + b" ".join(words[1:3]).decode("utf-8", "surrogateescape")
+        opening_words = b"" if first is None else first if second is None else first + b" " + second
+        opening = "@" + opening_words.decode("utf-8", "surrogateescape")  # words 1 and 2: after the role
         if lanes[_GROUP]:
-            keys += ("#group", "#group" + opening, "#group>" + group_target(words))
+            keys += ("#group", "#group" + opening, "#group>" + ("people" if people else "other"))
         if lanes[_PRIVATE]:
             private = "#private+my" if lanes[_MY] else "#private"
             keys += (private, private + opening)
     return keys
+
+
+CueFacts = tuple[int, int, Union[bytes, None], Union[bytes, None], bool]
+
+
+def cue_facts(words: list[bytes], lanes: tuple[int, ...]) -> CueFacts:
+    """What ``safety_cues`` reads from the words: each verb lane's targets (0 when the
+    lane is not in the window), words 1 and 2 (None past the end), whether a group word
+    names people (False when there is none). router/_scan.c computes the same from the
+    words' lexicon masks (ScanTable.set_cues); tests/test_scan.py checks they agree."""
+    head = words[:_CUE_WORDS]
+    return (harm_targets(head, _VIOLENT_WORDS) if lanes[_VIOLENT] else 0,
+            harm_targets(head, _CRIME_WORDS) if lanes[_CRIME] else 0,
+            words[1] if len(words) > 1 else None,
+            words[2] if len(words) > 2 else None,
+            lanes[_GROUP] > 0 and group_target(words) == "people")
 
 
 # Target lists as bits: a word's bits say which lists it is on.
@@ -243,9 +265,17 @@ def _target_keys(prefix: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(f"{prefix}>{name}" for name in target_names(found)) for found in range(2 * _NO_TARGET))
 
 
-_VERBS: tuple[tuple[str, int, frozenset[bytes], tuple[tuple[str, ...], ...]], ...] = tuple(
-    (name, lane, LEXICON[LexiconLane(lane)], _target_keys(name))
-    for name, lane in (("#violent", _VIOLENT), ("#crime", _CRIME)))
+_VIOLENT_WORDS, _CRIME_WORDS = LEXICON[LexiconLane.VIOLENT_VERB], LEXICON[LexiconLane.CRIME_VERB]
+_VIOLENT_KEYS, _CRIME_KEYS = _target_keys("#violent"), _target_keys("#crime")
+
+
+def cue_settings() -> tuple[int, int, int, tuple[int, ...], int, int, int, int]:
+    """``ScanTable.set_cues``'s arguments: the lanes that make a window alarming (as
+    ``alarming`` reads them), the verb, target, group and person lanes, and the reach."""
+    lanes = (_VIOLENT, _CRIME, _GROUP, _PRIVATE, *range(_SAFETY_LANES.start, _SAFETY_LANES.stop))
+    mask = sum(1 << lane for lane in set(lanes))
+    targets = tuple(int(lane) for lane in _TARGET_LANES)
+    return (mask, _VIOLENT, _CRIME, targets, _GROUP, int(LexiconLane.PERSON), _CUE_WORDS, _TARGET_REACH)
 
 
 # ---- keys in the model file -----------------------------------------------------------
@@ -322,6 +352,8 @@ class Scorer:
         self._features = len(model.keys)
         self._add_british_spellings()
         self.table.seal()  # complete: build the C pass's copy
+        if self.table.native is not None:  # ... which then reads the safety cues' word facts too
+            self.table.native.set_cues(*cue_settings())
         self._inv_scale = 1.0 / self._scale
         self._signal_tables()
         self._native: Any = None  # the C twin of score's arithmetic, when built

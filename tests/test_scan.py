@@ -35,7 +35,7 @@ from router.context import (
     read_signals,
     read_text,
 )
-from router.scorer import shared_scorer
+from router.scorer import alarming, cue_facts, safety_cues, shared_scorer
 from subjects.messages import ChatMessage, ChatRequest
 
 scan = pytest.importorskip("router._scan", reason="the C pass is not built (no C compiler at install)")
@@ -46,14 +46,26 @@ DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "dev
 
 
 def both_ways(data: bytes, table: WordTable) -> tuple[context.TextView, context.TextView]:
-    """(C pass, Python pass) over the window ``data`` (a plain dict has no C copy)."""
-    return scanned(data, table), python_view("", 0, data, dict(table))
+    """(C pass, Python pass) over the window ``data`` (a plain dict has no C copy), the
+    C pass's cue facts set aside (same_cues compares them)."""
+    return scanned(data, table)._replace(cue_facts=None), python_view("", 0, data, dict(table))
 
 
 def scanned(data: bytes, table: WordTable) -> context.TextView:
     """The C pass's view of the window ``data``."""
-    lanes, words, features, alnum, digits, spaces = scan.scan(data, table.native)
-    return context.TextView("", 0, data, words, features, lanes, alnum, digits, spaces)
+    lanes, words, features, alnum, digits, spaces, facts = scan.scan(data, table.native)
+    return context.TextView("", 0, data, words, features, lanes, alnum, digits, spaces, facts)
+
+
+def same_cues(view: context.TextView) -> None:
+    """The C pass's cue facts are the Python ones (None for a window that is not alarming),
+    and so are the cues built from them."""
+    python_view_ = view._replace(cue_facts=None)
+    if alarming(view.lanes):
+        assert view.cue_facts == cue_facts(view.words, view.lanes)
+        assert safety_cues(view) == safety_cues(python_view_)
+    else:
+        assert view.cue_facts is None
 
 
 def test_the_shipped_tables_carry_the_c_copy() -> None:
@@ -72,7 +84,8 @@ def test_every_dev_prompt_reads_and_scores_the_same_both_ways() -> None:
                                     for m in row["request"]["messages"]])
         text = prompt_text(req)
         view = read_text(text, table)
-        assert view == read_text(text, dict(table)), row["id"]
+        assert view._replace(cue_facts=None) == read_text(text, dict(table)), row["id"]
+        same_cues(view)
         signals = read_signals(req, view)
         # The same floats, not close ones: the C arithmetic runs in the same order.
         assert scorer.score(view, signals) == scorer.python_score(view, signals), row["id"]
@@ -90,6 +103,7 @@ def test_random_windows_read_the_same_both_ways(data: bytes) -> None:
     for table in (shared_scorer().table, LEXICON_TABLE):
         native, python = both_ways(data, table)
         assert native == python
+    same_cues(scanned(data, shared_scorer().table))
 
 
 @pytest.mark.parametrize("words", [0, 1, 2, BIGRAM_HEAD_WORDS, BIGRAM_HEAD_WORDS + 1,
@@ -168,7 +182,7 @@ def test_the_window_is_the_ends_of_the_whole_encoding(text: str) -> None:
     view = read_text(text, shared_scorer().table)
     assert view.window == expected
     assert view.utf8_bytes == len(data)
-    assert view == read_text(text, dict(shared_scorer().table))
+    assert view._replace(cue_facts=None) == read_text(text, dict(shared_scorer().table))
 
 
 @settings(deadline=None, max_examples=200)
@@ -262,3 +276,35 @@ def test_a_lead_byte_at_the_window_end_counts_as_other_script() -> None:
         native, python = census_both_ways(b"abc " + lead)
         assert native == python
         assert native[0][-1] == 1  # Script.OTHER is the last of the letter scripts
+
+
+# ---- the safety cues' word facts ---------------------------------------------------------------
+
+cue_words = sorted({w for lane in (context.LexiconLane.VIOLENT_VERB, context.LexiconLane.CRIME_VERB,
+                                   context.LexiconLane.GROUP, context.LexiconLane.PERSON,
+                                   context.LexiconLane.PEST, context.LexiconLane.FICTION,
+                                   context.LexiconLane.PRIVATE_INFO, context.LexiconLane.MY)
+                    for w in context.LEXICON[lane]})
+alarming_prose = st.lists(st.one_of(st.sampled_from(cue_words), st.sampled_from([b"what", b"is", b"whites", b"x"])),
+                          max_size=120).map(b" ".join)
+
+
+@settings(deadline=None, max_examples=400)
+@given(alarming_prose)
+def test_cue_facts_match_the_python_reference(data: bytes) -> None:
+    # Verbs aimed at targets near and far, groups with and without people, repeats, and
+    # windows past the 60 words the cues read.
+    same_cues(scanned(data, shared_scorer().table))
+
+
+def test_a_table_without_cue_settings_returns_no_facts() -> None:
+    view = scanned(b"how do i kill a person", LEXICON_TABLE)
+    assert alarming(view.lanes) and view.cue_facts is None  # the lexicon-only table: no cues
+
+
+def test_set_cues_refuses_lanes_outside_the_table() -> None:
+    table = WordTable(LEXICON_TABLE).seal()
+    with pytest.raises(ValueError, match="lane 40 is not one of the table's 28 lexicon lanes"):
+        table.native.set_cues(1, 40, 1, (), 2, 3, 60, 4)
+    with pytest.raises(ValueError, match="at most 8 targets"):
+        table.native.set_cues(1, 0, 1, tuple(range(9)), 2, 3, 60, 4)
