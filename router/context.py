@@ -564,18 +564,23 @@ _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 def code_markers(view: TextView) -> int:
     lanes = view.lanes
     markers = _FENCE if b"```" in view.window else 0
+    words: list[bytes] | None = None  # split once, and only when a check needs the words
     if lanes[_ERROR]:
         window = view.window.lower()
         if any(marker in window for marker in _STACK_TRACE_TEXT):
             markers |= _STACK_TRACE
-        if not _ERROR_BYTES.isdisjoint(view.words) or any(marker in window for marker in _ERROR_TEXT):
+        words = view.words
+        if not _ERROR_BYTES.isdisjoint(words) or any(marker in window for marker in _ERROR_TEXT):
             markers |= _COMPILER_ERROR
     if lanes[_SOURCE_SUFFIX] and _has_source_path(view.window.lower()):
         markers |= _FILE_PATH
     if lanes[_CODE_KEYWORD]:
         markers |= _KEYWORDS
-    if lanes[_ASK_VERB] and lanes[_ASK_OBJECT] and _has_code_ask(view.words[:_ASK_WORDS]):
-        markers |= _WRITE_CODE_ASK
+    if lanes[_ASK_VERB] and lanes[_ASK_OBJECT]:
+        if words is None:
+            words = view.words
+        if _has_code_ask(words[:_ASK_WORDS]):
+            markers |= _WRITE_CODE_ASK
     return markers
 
 
