@@ -4,21 +4,27 @@ Two shared signals meet here. Every placement (this router's own, and every othe
 router's from the placements subject) adds its token weight at once. Now and then a
 *sample* says how many messages the replica's own queue still holds (queued + being
 served: a WorkQueue stream deletes a message only when the worker acks it, after the
-final chunk), read from JetStream's per-subject counts or from a heartbeat. Work leaves
-a queue roughly first in, first out, so "n messages outstanding" means "the n newest
-placements are outstanding", and the estimate becomes their summed weight plus whatever
-was placed since — exact in tokens, and fresh between samples.
+final chunk), read from JetStream's per-subject counts or from a heartbeat. Work is
+taken first in, first out, but a replica serves a batch of sequences at once and a
+short answer leaves before a long one taken earlier, so "n messages outstanding" is
+priced as the n heaviest of the last 2n placements (the newest n, when that is all it
+knows), and the estimate becomes that plus whatever was placed since — fresh between
+samples.
 
-Pure: no clock, no NATS; O(1) per placement and per question.
+Pure: no clock, no NATS; O(1) per placement and per question, O(n log n) per sample of
+n outstanding messages (off the request path).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 
 # Placements kept behind the oldest outstanding one, so a sample that arrives late (and
 # counts a few more outstanding messages than the last one) can still be priced exactly.
 _SLACK = 256
+# A sample of n outstanding messages is priced from the last _SPAN × n placements.
+_SPAN = 2
 
 
 class ReplicaLoad:
@@ -94,7 +100,19 @@ class ReplicaLoad:
             oldest = self._base
         cum = self._cum
         self._oldest = oldest
-        self.weight = cum[-1] - cum[oldest - self._base] + missing * fill_weight
+        known = outstanding - missing
+        last = len(cum) - 1
+        span = min(_SPAN * known, last)
+        if known > 0 and span > known:
+            # Work does not leave in arrival order: a replica batches its sequences and a
+            # short answer finishes before a long one placed earlier, so the messages
+            # still outstanding are mostly the heavy ones. Price them as the heaviest
+            # ``known`` of the last ``_SPAN × known`` placements (newest-first pricing
+            # under-counts a replica busy with long answers, and it then gets more work).
+            steps = [cum[i] - cum[i - 1] for i in range(last - span + 1, last + 1)]
+            self.weight = sum(heapq.nlargest(known, steps)) + missing * fill_weight
+        else:
+            self.weight = cum[-1] - cum[oldest - self._base] + missing * fill_weight
         self.requests = outstanding
         while self._base < oldest - _SLACK:
             cum.popleft()

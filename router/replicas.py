@@ -64,6 +64,8 @@ class ReplicaSettings(msgspec.Struct, frozen=True, kw_only=True):
     # first free_move_tokens (moving that little is cheap: a fraction of a second of prefill).
     move_cost: float = 12.0
     free_move_tokens: int = 3072
+    # … and never by more than this × the bound (0: no cap).
+    move_cap: float = 0.0
     # Any replica may hold this many typical requests (the fleet's mean weight) whatever
     # the mean: below that, load is noise, not a hot spot.
     floor_requests: float = 2.0
@@ -143,6 +145,8 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
         # ``matched`` blocks of it; they may exceed the bound by what moving would waste.
         kept = (matched - common) * BLOCK_TOKENS - settings.free_move_tokens
         allowance = bound + settings.move_cost * kept if kept > 0 else bound
+        if settings.move_cap > 0 and allowance > bound * (1.0 + settings.move_cap):
+            allowance = bound * (1.0 + settings.move_cap)
         for name in warm:
             load = usable.get(name)
             if load is None or load.requests >= load.limit or load.weight > allowance:

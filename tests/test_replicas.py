@@ -223,6 +223,20 @@ def test_load_is_the_newest_placements_still_in_the_queue():
     assert (load.weight, load.requests) == (0, 0)
 
 
+def test_outstanding_work_is_priced_as_the_heavy_requests_that_are_still_running():
+    """Short answers finish before a long one placed earlier: two left of four placements
+    are the heaviest two of the last four, not the newest two."""
+    load = ReplicaLoad(limit=16)
+    for weight in (9000, 100, 8000, 200):
+        load.placed(weight)
+    load.sample(2, fill_weight=50)
+    assert (load.weight, load.requests) == (17_000, 2)
+    load.placed(300)  # placed since the sample: counted at once
+    assert (load.weight, load.requests) == (17_300, 3)
+    load.sample(5, fill_weight=50)  # every placement it knows of is outstanding
+    assert load.weight == 17_600
+
+
 # ---- the policy --------------------------------------------------------------------------------
 def test_a_session_sticks_to_its_replica():
     _, fleet = fleet_of(8)
