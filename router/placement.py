@@ -163,6 +163,8 @@ class PlacementMemory:
             matched = hint
         elif hashes[size - 1] in new or hashes[size - 1] in old:
             matched = size
+        elif not (hashes[0] in new or hashes[0] in old):
+            return 0, 0, ()  # a new prompt (a new document): one probe, not a search
         else:
             low = 0
             high = size - 1
