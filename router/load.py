@@ -4,12 +4,12 @@ Two shared signals meet here. Every placement (this router's own, and every othe
 router's from the placements subject) adds its token weight at once. Now and then a
 *sample* says how many messages the replica's own queue still holds (queued + being
 served: a WorkQueue stream deletes a message only when the worker acks it, after the
-final chunk), read from JetStream's per-subject counts or from a heartbeat. Work is
-taken first in, first out, but a replica serves a batch of sequences at once and a
-short answer leaves before a long one taken earlier, so "n messages outstanding" is
-priced as the n heaviest of the last 2n placements (the newest n, when that is all it
-knows), and the estimate becomes that plus whatever was placed since — fresh between
-samples.
+final chunk), read from JetStream's per-subject counts or from a heartbeat. A replica
+takes work first in, first out and runs up to ``capacity`` sequences at once, so of "n
+messages outstanding" the n − capacity newest placements are queued (priced exactly)
+and the rest are running — priced as the heaviest of the placements just before the
+queued ones, since short answers leave before long ones taken earlier. The estimate is
+that plus whatever was placed since — fresh between samples.
 
 Pure: no clock, no NATS; O(1) per placement and per question, O(n log n) per sample of
 n outstanding messages (off the request path).
@@ -23,8 +23,7 @@ from collections import deque
 # Placements kept behind the oldest outstanding one, so a sample that arrives late (and
 # counts a few more outstanding messages than the last one) can still be priced exactly.
 _SLACK = 256
-# A sample of n outstanding messages is priced from the last _SPAN × n placements.
-_SPAN = 2
+
 
 
 class ReplicaLoad:
@@ -36,15 +35,17 @@ class ReplicaLoad:
     from its heartbeat × the fleet's saturation factor), kept here for the same reason.
     """
 
-    __slots__ = ("_base", "_cum", "_oldest", "limit", "name", "requests", "usable", "weight")
+    __slots__ = ("_base", "_cum", "_oldest", "capacity", "limit", "name", "requests", "usable",
+                 "weight")
 
-    def __init__(self, limit: float = 2.0, name: str = "") -> None:
+    def __init__(self, limit: float = 2.0, name: str = "", capacity: int = 1) -> None:
         self._cum: deque[int] = deque([0])  # cumulative weight after each placement
         self._base = 0  # placement index of _cum[0]
         self._oldest = 0  # index of the oldest placement still outstanding
         self.weight = 0
         self.requests = 0
         self.limit = limit
+        self.capacity = capacity  # sequences it runs at once (its heartbeat's capacity)
         self.name = name
         self.usable = True  # alive and not draining (kept by router.registry.Fleet)
 
@@ -102,17 +103,24 @@ class ReplicaLoad:
         self._oldest = oldest
         known = outstanding - missing
         last = len(cum) - 1
-        span = min(_SPAN * known, last)
-        if known > 0 and span > known:
-            # Work does not leave in arrival order: a replica batches its sequences and a
-            # short answer finishes before a long one placed earlier, so the messages
-            # still outstanding are mostly the heavy ones. Price them as the heaviest
-            # ``known`` of the last ``_SPAN × known`` placements (newest-first pricing
-            # under-counts a replica busy with long answers, and it then gets more work).
-            steps = [cum[i] - cum[i - 1] for i in range(last - span + 1, last + 1)]
-            self.weight = sum(heapq.nlargest(known, steps)) + missing * fill_weight
+        # A replica runs up to ``capacity`` sequences and takes the rest first in, first
+        # out: the queued ones are exactly the newest placements. The running ones are
+        # not the next newest: a short answer finishes before a long one taken earlier,
+        # so those still running are mostly the heavy ones — priced as the heaviest
+        # ``running`` of the placements just older than the queued ones (1.5× as many).
+        # Pricing them newest-first under-counted a replica busy with long answers,
+        # which then took more work.
+        running = known if known < self.capacity else self.capacity
+        queued = known - running
+        weight = cum[last] - cum[last - queued]
+        top = last - queued
+        span = min(running + (running + 1) // 2, top)
+        if span > running:
+            steps = [cum[i] - cum[i - 1] for i in range(top - span + 1, top + 1)]
+            weight += sum(heapq.nlargest(running, steps))
         else:
-            self.weight = cum[-1] - cum[oldest - self._base] + missing * fill_weight
+            weight += cum[top] - cum[top - running]
+        self.weight = weight + missing * fill_weight
         self.requests = outstanding
         while self._base < oldest - _SLACK:
             cum.popleft()

@@ -79,6 +79,7 @@ class Fleet:
         load = state.load
         was_open = name in self.usable and load.open
         load.limit = self.saturation * max(beat.capacity, 1)
+        load.capacity = max(beat.capacity, 1)
         if beat.draining:
             if self.usable.pop(name, None) is not None:
                 self.usable_weight -= load.weight

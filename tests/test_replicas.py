@@ -223,18 +223,21 @@ def test_load_is_the_newest_placements_still_in_the_queue():
     assert (load.weight, load.requests) == (0, 0)
 
 
-def test_outstanding_work_is_priced_as_the_heavy_requests_that_are_still_running():
-    """Short answers finish before a long one placed earlier: two left of four placements
-    are the heaviest two of the last four, not the newest two."""
-    load = ReplicaLoad(limit=16)
-    for weight in (9000, 100, 8000, 200):
+def test_outstanding_work_is_the_newest_queued_and_the_heavy_ones_still_running():
+    """Of four outstanding on a replica running two at once, the two newest are queued;
+    the two running are the heaviest just before them (a long answer outlasts short
+    ones taken after it), not the next newest."""
+    load = ReplicaLoad(limit=16, capacity=2)
+    for weight in (100, 9000, 100, 100, 50, 60):
         load.placed(weight)
-    load.sample(2, fill_weight=50)
-    assert (load.weight, load.requests) == (17_000, 2)
+    load.sample(4, fill_weight=50)
+    assert (load.weight, load.requests) == (50 + 60 + 9000 + 100, 4)
     load.placed(300)  # placed since the sample: counted at once
-    assert (load.weight, load.requests) == (17_300, 3)
-    load.sample(5, fill_weight=50)  # every placement it knows of is outstanding
-    assert load.weight == 17_600
+    assert (load.weight, load.requests) == (9510, 5)
+    load.sample(1, fill_weight=50)  # one left, running: the heaviest of the last two
+    assert load.weight == 300
+    load.sample(9, fill_weight=50)  # two more than it knows of: at the fill weight
+    assert load.weight == 9710 + 2 * 50
 
 
 # ---- the policy --------------------------------------------------------------------------------
