@@ -578,58 +578,103 @@ static PyObject *utf8_length(PyObject *module, PyObject *text) {
 /* A block's canonical bytes: its characters at the narrowest fixed width that holds them
  * all (1 byte each if all are below U+0100, 2 little-endian if below U+10000, else 4),
  * i.e. how CPython would store the block as a str of its own. That depends on the
- * block's characters only, never on the width the whole prompt is stored at, and is
- * usually the prompt's own memory (no copy). Returns a pointer to the bytes (into the
- * str, or into `out`, which has room for 4 bytes a character) and sets *size. */
+ * block's characters only, never on how the prompt's strings are stored or cut, and is
+ * usually a string's own memory (no copy).
+ *
+ * The prompt is a sequence of strings (a message's role marker, its text, ...) read as
+ * one: a block may span several of them. */
 #if PY_BIG_ENDIAN
 #define IN_PLACE 0 /* stored big-endian: always copy, little-endian */
 #else
 #define IN_PLACE 1
 #endif
 
-#define NARROW(TYPE_IN, TYPE_OUT)                                                              \
+typedef struct {
+    int kind; /* 1, 2 or 4 bytes a character */
+    const void *data;
+    Py_ssize_t length;
+} Segment;
+
+/* The OR of characters [start, start + n) of a segment: below 2^k exactly when all are. */
+static Py_UCS4 or_of(const Segment *g, Py_ssize_t start, Py_ssize_t n) {
+    Py_UCS4 top = 0;
+    if (g->kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *p = (const Py_UCS1 *)g->data + start;
+        Py_UCS1 t = 0;
+        for (Py_ssize_t i = 0; i < n; i++) t |= p[i];
+        top = t;
+    } else if (g->kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *p = (const Py_UCS2 *)g->data + start;
+        Py_UCS2 t = 0;
+        for (Py_ssize_t i = 0; i < n; i++) t |= p[i];
+        top = t;
+    } else {
+        const Py_UCS4 *p = (const Py_UCS4 *)g->data + start;
+        for (Py_ssize_t i = 0; i < n; i++) top |= p[i];
+    }
+    return top;
+}
+
+#define CONVERT(TYPE_IN, TYPE_OUT)                                                             \
     do {                                                                                       \
-        const TYPE_IN *p = (const TYPE_IN *)data + start;                                      \
+        const TYPE_IN *p = (const TYPE_IN *)g->data + start;                                   \
         TYPE_OUT *o = (TYPE_OUT *)out;                                                         \
         for (Py_ssize_t i = 0; i < n; i++) o[i] = (TYPE_OUT)p[i];                              \
     } while (0)
 
-static const unsigned char *canonical_block(int kind, const void *data, Py_ssize_t start,
+/* Characters [start, start + n) of a segment written to `out` at `width` bytes each
+ * (native byte order; the caller makes it little-endian). */
+static void write_as(int width, const Segment *g, Py_ssize_t start, Py_ssize_t n, unsigned char *out) {
+    if (g->kind == width) {
+        memcpy(out, (const char *)g->data + (size_t)start * width, (size_t)n * width);
+    } else if (g->kind == PyUnicode_1BYTE_KIND) {
+        if (width == 2) CONVERT(Py_UCS1, uint16_t);
+        else CONVERT(Py_UCS1, uint32_t);
+    } else if (g->kind == PyUnicode_2BYTE_KIND) {
+        if (width == 1) CONVERT(Py_UCS2, uint8_t);
+        else CONVERT(Py_UCS2, uint32_t);
+    } else {
+        if (width == 1) CONVERT(Py_UCS4, uint8_t);
+        else CONVERT(Py_UCS4, uint16_t);
+    }
+}
+
+/* The canonical bytes of characters [start, start + n) of the segments read as one
+ * string: a pointer into a segment's memory when the block lies in one segment stored at
+ * its width, else into `out` (room for 4 bytes a character). Sets *size. */
+static const unsigned char *canonical_block(const Segment *segments, Py_ssize_t count, Py_ssize_t start,
                                             Py_ssize_t n, unsigned char *out, Py_ssize_t *size) {
-    if (kind == PyUnicode_1BYTE_KIND) {
-        *size = n;
-        return (const unsigned char *)data + start;
-    }
     Py_UCS4 top = 0;
-    int width;
-    if (kind == PyUnicode_2BYTE_KIND) {
-        const Py_UCS2 *p = (const Py_UCS2 *)data + start;
-        Py_UCS2 t = 0;
-        for (Py_ssize_t i = 0; i < n; i++) t |= p[i];
-        top = t;
-        width = 2;
-    } else {
-        const Py_UCS4 *p = (const Py_UCS4 *)data + start;
-        for (Py_ssize_t i = 0; i < n; i++) top |= p[i];
-        width = 4;
+    Py_ssize_t at = 0, first = -1, pieces = 0;
+    for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
+        Py_ssize_t lo = start > at ? start - at : 0, hi = start + n - at;
+        if (hi > segments[k].length) hi = segments[k].length;
+        if (hi <= lo) continue;
+        if (first < 0) first = k;
+        pieces++;
+        /* A 1-byte segment's characters are all below U+0100: they never widen a block. */
+        if (segments[k].kind != PyUnicode_1BYTE_KIND) top |= or_of(&segments[k], lo, hi - lo);
     }
-    /* top is an OR, not a max: it is below 2^k exactly when every character is. */
-    int need = top < 0x100 ? 1 : top < 0x10000 ? 2 : 4;
-    *size = n * need;
-    if (need == width && IN_PLACE) return (const unsigned char *)data + (size_t)start * width;
-    if (need == 1) {
-        if (width == 2) NARROW(Py_UCS2, uint8_t);
-        else NARROW(Py_UCS4, uint8_t);
-    } else if (need == 2) {
-        if (width == 2) NARROW(Py_UCS2, uint16_t);
-        else NARROW(Py_UCS4, uint16_t);
-    } else {
-        NARROW(Py_UCS4, uint32_t);
+    int width = top < 0x100 ? 1 : top < 0x10000 ? 2 : 4;
+    *size = n * width;
+    if (pieces == 1 && segments[first].kind == width && IN_PLACE) {
+        Py_ssize_t offset = start;
+        for (Py_ssize_t k = 0; k < first; k++) offset -= segments[k].length;
+        return (const unsigned char *)segments[first].data + (size_t)offset * width;
+    }
+    at = 0;
+    unsigned char *o = out;
+    for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
+        Py_ssize_t lo = start > at ? start - at : 0, hi = start + n - at;
+        if (hi > segments[k].length) hi = segments[k].length;
+        if (hi <= lo) continue;
+        write_as(width, &segments[k], lo, hi - lo, o);
+        o += (hi - lo) * width;
     }
 #if PY_BIG_ENDIAN
-    for (Py_ssize_t i = 0; i < n && need > 1; i++) { /* to little-endian */
-        unsigned char *c = out + i * need;
-        for (int a = 0, b = need - 1; a < b; a++, b--) {
+    for (Py_ssize_t i = 0; i < n && width > 1; i++) { /* to little-endian */
+        unsigned char *c = out + i * width;
+        for (int a = 0, b = width - 1; a < b; a++, b--) {
             unsigned char x = c[a];
             c[a] = c[b];
             c[b] = x;
@@ -639,13 +684,14 @@ static const unsigned char *canonical_block(int kind, const void *data, Py_ssize
     return out;
 }
 
-/* block_hashes(text, digest, block_chars, max_blocks) -> tuple of 63-bit ints.
- * Chained: h_i = digest(canonical(block_i), h_{i-1}) >> 1 over every full block of
- * block_chars characters (at most max_blocks); digest is xxhash.xxh3_64_intdigest. */
+/* block_hashes(parts, digest, block_chars, max_blocks) -> tuple of 63-bit ints.
+ * parts: a tuple of str read as one string. Chained: h_i = digest(canonical(block_i),
+ * h_{i-1}) >> 1 over every full block of block_chars characters (at most max_blocks);
+ * digest is xxhash.xxh3_64_intdigest. */
 static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 4 || !PyUnicode_Check(args[0]) || !PyCallable_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "block_hashes(text: str, digest, block_chars, max_blocks)");
+    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "block_hashes(parts: tuple[str, ...], digest, block_chars, max_blocks)");
         return NULL;
     }
     Py_ssize_t step = PyLong_AsSsize_t(args[2]), most = PyLong_AsSsize_t(args[3]);
@@ -654,22 +700,38 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_ValueError, "block_hashes: block_chars >= 1 and max_blocks >= 0");
         return NULL;
     }
-    PyObject *text = args[0], *digest = args[1];
-    Py_ssize_t blocks = PyUnicode_GET_LENGTH(text) / step;
+    PyObject *parts = args[0], *digest = args[1];
+    Py_ssize_t count = PyTuple_GET_SIZE(parts), total = 0;
+    Segment stack_segments[16], *segments = stack_segments;
+    if (count > 16 && !(segments = PyMem_Malloc(sizeof(Segment) * count))) return PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *part = PyTuple_GET_ITEM(parts, k);
+        if (!PyUnicode_Check(part)) {
+            if (segments != stack_segments) PyMem_Free(segments);
+            PyErr_SetString(PyExc_TypeError, "block_hashes: every part must be a str");
+            return NULL;
+        }
+        segments[k].kind = PyUnicode_KIND(part);
+        segments[k].data = PyUnicode_DATA(part);
+        segments[k].length = PyUnicode_GET_LENGTH(part);
+        total += segments[k].length;
+    }
+    Py_ssize_t blocks = total / step;
     if (blocks > most) blocks = most;
     PyObject *hashes = PyTuple_New(blocks);
-    if (!hashes || !blocks) return hashes;
-    unsigned char *buffer = PyMem_Malloc(4 * (size_t)step);
-    if (!buffer) {
-        Py_DECREF(hashes);
-        return PyErr_NoMemory();
+    unsigned char *buffer = hashes && blocks ? PyMem_Malloc(4 * (size_t)step) : NULL;
+    if (!hashes || !blocks || !buffer) {
+        if (segments != stack_segments) PyMem_Free(segments);
+        if (hashes && blocks && !buffer) {
+            Py_DECREF(hashes);
+            return PyErr_NoMemory();
+        }
+        return hashes;
     }
-    int kind = PyUnicode_KIND(text);
-    const void *data = PyUnicode_DATA(text);
     PyObject *seed = PyLong_FromLong(0);
     for (Py_ssize_t b = 0; seed && b < blocks; b++) {
         Py_ssize_t size;
-        const unsigned char *bytes = canonical_block(kind, data, b * step, step, buffer, &size);
+        const unsigned char *bytes = canonical_block(segments, count, b * step, step, buffer, &size);
         PyObject *view = PyMemoryView_FromMemory((char *)bytes, size, PyBUF_READ);
         PyObject *call[2] = {view, seed};
         PyObject *h = view ? PyObject_Vectorcall(digest, call, 2, NULL) : NULL;
@@ -690,6 +752,7 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
         PyTuple_SET_ITEM(hashes, b, shifted);
     }
     PyMem_Free(buffer);
+    if (segments != stack_segments) PyMem_Free(segments);
     if (!seed) {
         Py_DECREF(hashes);
         return NULL;
@@ -984,7 +1047,7 @@ static PyMethodDef methods[] = {
     {"utf8_length", (PyCFunction)utf8_length, METH_O,
      "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
     {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
-     "block_hashes(text, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
+     "block_hashes(parts, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,

@@ -412,7 +412,8 @@ class TextView(NamedTuple):
     objects, and only the rare checks need them) are the window's word tokens in order.
     """
 
-    text: str  # the whole prompt (prefix hashes are taken over it)
+    parts: tuple[str, ...]  # the whole prompt, as strings read as one (prefix hashes cover it)
+    chars: int  # characters in the whole prompt
     utf8_bytes: int  # the whole prompt's length in UTF-8 (the token estimate scales by it)
     window: bytes  # the scan window: UTF-8, as in the prompt (not lowercased)
     word_count: int  # words in the window
@@ -425,6 +426,11 @@ class TextView(NamedTuple):
     # The word facts router.scorer.safety_cues reads, from the C pass for an alarming
     # window of a table set up for them (Scorer): see scorer.cue_facts. None otherwise.
     cue_facts: Any
+
+    @property
+    def text(self) -> str:
+        """The whole prompt as one string (made on each call)."""
+        return "".join(self.parts)
 
     @property
     def words(self) -> list[bytes]:
@@ -447,11 +453,20 @@ class Signals(NamedTuple):
 
 def prompt_text(request: ChatRequest) -> str:
     """The conversation as one string, in the order a chat template would lay it out."""
+    return "".join(prompt_parts(request))
+
+
+def prompt_parts(request: ChatRequest) -> tuple[str, ...]:
+    """``prompt_text`` as the strings it is made of, not joined: a long prompt is never
+    copied (each message's role marker, its text, its end marker)."""
     messages = request.messages
-    if len(messages) == 1:  # the common case, without the generator
+    if len(messages) == 1:  # the common case, without the loop
         m = messages[0]
-        return f"{m.role}\x1f{m.text()}\x1e"
-    return "".join(f"{m.role}\x1f{m.text()}\x1e" for m in messages)
+        return (m.role + "\x1f", m.text(), "\x1e")
+    parts: list[str] = []
+    for m in messages:
+        parts += (m.role + "\x1f", m.text(), "\x1e")
+    return tuple(parts)
 
 
 def utf8_length(text: str) -> int:
@@ -469,8 +484,7 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_view_tokens(view: TextView) -> int:
-    text, utf8_bytes, window, words, _, _, alnum, digits, spaces, _ = view  # one unpack: no per-field reads
-    chars = len(text)
+    _, chars, utf8_bytes, window, words, _, _, alnum, digits, spaces, _ = view  # one unpack: no per-field reads
     size = len(window)
     punct = size - alnum - spaces
     in_window = (TOKENS_PER_ALNUM * alnum + TOKENS_PER_WORD * words
@@ -483,33 +497,77 @@ def estimate_view_tokens(view: TextView) -> int:
 
 def read_request(request: ChatRequest, table: dict[bytes | tuple[bytes, bytes], int] = LEXICON_TABLE) -> TextView:
     """The request's TextView; ``table`` is LEXICON_TABLE or a scorer's ``table``."""
-    return read_text(prompt_text(request), table)
+    return read_parts(prompt_parts(request), table)
 
 
 def read_text(text: str, table: dict[bytes | tuple[bytes, bytes], int] = LEXICON_TABLE) -> TextView:
-    """The TextView of a prompt (``prompt_text``); the C pass when ``table`` is sealed.
+    """The TextView of a prompt given as one string (``prompt_text``)."""
+    return read_parts((text,), table)
+
+
+def read_parts(parts: tuple[str, ...], table: dict[bytes | tuple[bytes, bytes], int] = LEXICON_TABLE) -> TextView:
+    """The TextView of a prompt given as strings read as one; the C pass when ``table`` is
+    sealed.
 
     The window is the first HEAD_BYTES and the last TAIL_BYTES of the prompt's UTF-8, cut
     from the encodings of its first and last characters only: n characters encode to at
     least n bytes, so these are the same bytes as the whole encoding's ends.
     """
-    if len(text) > WINDOW_BYTES:  # so its UTF-8 is longer still: a cut window
-        raw = (text[:HEAD_BYTES].encode("utf-8", "surrogatepass")[:HEAD_BYTES] + b"\n"
-               + text[-TAIL_BYTES:].encode("utf-8", "surrogatepass")[-TAIL_BYTES:])
-        utf8_bytes = utf8_length(text)
+    chars = sum(map(len, parts))
+    if len(parts) > 1 and chars < JOIN_BELOW:  # short: one copy costs less than reading parts
+        parts = ("".join(parts),)
+    if chars > WINDOW_BYTES:  # so its UTF-8 is longer still: a cut window
+        if len(parts) == 1:
+            text = parts[0]
+            raw = (text[:HEAD_BYTES].encode("utf-8", "surrogatepass")[:HEAD_BYTES] + b"\n"
+                   + text[-TAIL_BYTES:].encode("utf-8", "surrogatepass")[-TAIL_BYTES:])
+            utf8_bytes = utf8_length(text)
+        else:
+            raw = (_first_chars(parts, HEAD_BYTES).encode("utf-8", "surrogatepass")[:HEAD_BYTES] + b"\n"
+                   + _last_chars(parts, TAIL_BYTES).encode("utf-8", "surrogatepass")[-TAIL_BYTES:])
+            utf8_bytes = sum(map(utf8_length, parts))
     else:
-        raw = text.encode("utf-8", "surrogatepass")
+        raw = "".join(parts).encode("utf-8", "surrogatepass")
         utf8_bytes = len(raw)
         if utf8_bytes > WINDOW_BYTES:
             raw = raw[:HEAD_BYTES] + b"\n" + raw[-TAIL_BYTES:]
     native = getattr(table, "native", None)
     if native is not None:
         lanes, words, features, alnum, digits, spaces, facts = _native_scan(raw, native)
-        return _new_tuple(TextView, (text, utf8_bytes, raw, words, features, lanes, alnum, digits, spaces, facts))
-    return python_view(text, utf8_bytes, raw, table)
+        return _new_tuple(TextView, (parts, chars, utf8_bytes, raw, words, features, lanes, alnum, digits, spaces,
+                                     facts))
+    return python_view(parts, chars, utf8_bytes, raw, table)
 
 
-def python_view(text: str, utf8_bytes: int, raw: bytes, table: dict[bytes | tuple[bytes, bytes], int]) -> TextView:
+# Prompts shorter than this (characters) are joined into one string before reading: the
+# copy is cheaper than the per-part loops. Longer ones are read in parts, never copied.
+JOIN_BELOW = 8192
+
+
+def _first_chars(parts: tuple[str, ...], n: int) -> str:
+    """The first ``n`` characters of ``parts`` read as one string, without joining them all."""
+    taken: list[str] = []
+    for part in parts:
+        taken.append(part[:n])
+        n -= len(taken[-1])
+        if n <= 0:
+            break
+    return "".join(taken)
+
+
+def _last_chars(parts: tuple[str, ...], n: int) -> str:
+    """The last ``n`` characters of ``parts`` read as one string (n > 0)."""
+    taken: list[str] = []
+    for part in reversed(parts):
+        taken.append(part[-n:] if n < len(part) else part)
+        n -= len(taken[-1])
+        if n <= 0:
+            break
+    return "".join(reversed(taken))
+
+
+def python_view(parts: tuple[str, ...], chars: int, utf8_bytes: int, raw: bytes,
+                table: dict[bytes | tuple[bytes, bytes], int]) -> TextView:
     """``read_text``'s Python pass over the window ``raw`` (the reference for router/_scan.c)."""
     spaced = raw.translate(_WORD_BYTES)
     words = spaced.split()
@@ -526,7 +584,7 @@ def python_view(text: str, utf8_bytes: int, raw: bytes, table: dict[bytes | tupl
     total = sum(map(table.get, keys, _ZEROS))  # every lexicon and class weight at once
     size = len(raw)
     return _new_tuple(TextView, (  # TextView(...) would add a Python-level call
-        text, utf8_bytes, raw, len(words), features,
+        parts, chars, utf8_bytes, raw, len(words), features,
         _LANES.unpack(((total + _BIAS) ^ _BIAS).to_bytes(_LANES.size, "little")),  # split_lanes
         size - spaced.count(b" "),  # alnum_bytes
         spaced.count(b"0"),  # digit_bytes
@@ -740,11 +798,14 @@ def stable_hash(text: str) -> int:
 
 def prefix_hashes(text: str) -> tuple[int, ...]:
     """Chained hashes at every full block boundary (block i's hash covers blocks 0..i)."""
-    if len(text) < PREFIX_BLOCK_CHARS:
-        return ()
+    return part_hashes((text,))
+
+
+def part_hashes(parts: tuple[str, ...]) -> tuple[int, ...]:
+    """``prefix_hashes`` of ``parts`` read as one string (the C twin never joins them)."""
     if _native_block_hashes is not None:
-        return _native_block_hashes(text, _DIGEST, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)  # type: ignore[no-any-return]
-    return python_prefix_hashes(text)
+        return _native_block_hashes(parts, _DIGEST, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)  # type: ignore[no-any-return]
+    return python_prefix_hashes("".join(parts))
 
 
 def python_prefix_hashes(text: str) -> tuple[int, ...]:
@@ -815,8 +876,7 @@ def build_context(
     """The request's RoutingContext; scorer fields stay neutral when no scorer is given."""
     view = read_request(request, LEXICON_TABLE if scorer is None else scorer.table)
     signals = read_signals(request, view)
-    text = view.text
-    hashes = prefix_hashes(text) if len(text) >= PREFIX_BLOCK_CHARS else ()
+    hashes = part_hashes(view.parts) if view.chars >= PREFIX_BLOCK_CHARS else ()
     seen = 0
     if memory is not None and hashes:
         seen = memory.seen_depth(hashes)

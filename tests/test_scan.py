@@ -48,13 +48,13 @@ DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "dev
 def both_ways(data: bytes, table: WordTable) -> tuple[context.TextView, context.TextView]:
     """(C pass, Python pass) over the window ``data`` (a plain dict has no C copy), the
     C pass's cue facts set aside (same_cues compares them)."""
-    return scanned(data, table)._replace(cue_facts=None), python_view("", 0, data, dict(table))
+    return scanned(data, table)._replace(cue_facts=None), python_view((), 0, 0, data, dict(table))
 
 
 def scanned(data: bytes, table: WordTable) -> context.TextView:
     """The C pass's view of the window ``data``."""
     lanes, words, features, alnum, digits, spaces, facts = scan.scan(data, table.native)
-    return context.TextView("", 0, data, words, features, lanes, alnum, digits, spaces, facts)
+    return context.TextView((), 0, 0, data, words, features, lanes, alnum, digits, spaces, facts)
 
 
 def same_cues(view: context.TextView) -> None:
@@ -191,6 +191,16 @@ def test_block_hashes_match_the_python_reference(text: str) -> None:
     assert prefix_hashes(text) == python_prefix_hashes(text)
 
 
+@settings(deadline=None, max_examples=300)
+@given(st.lists(prompts, min_size=1, max_size=6).map(tuple))
+def test_a_prompt_in_parts_hashes_and_reads_as_the_joined_string(parts: tuple[str, ...]) -> None:
+    # Blocks that span parts stored at different widths are hashed as the joined string's.
+    joined = "".join(parts)
+    assert context.part_hashes(parts) == python_prefix_hashes(joined) == prefix_hashes(joined)
+    table = shared_scorer().table
+    assert context.read_parts(parts, table)._replace(parts=(joined,)) == read_text(joined, table)
+
+
 def test_a_block_hashes_the_same_whatever_the_rest_of_the_prompt_holds() -> None:
     # The same first blocks inside an ASCII, a Latin-1, a BMP and an astral str: CPython
     # stores each at another width, and the hashes must not see it.
@@ -214,7 +224,9 @@ def test_block_hashes_refuses_bad_arguments() -> None:
     with pytest.raises(TypeError, match="block_hashes"):
         scan.block_hashes(b"bytes", xxhash.xxh3_64_intdigest, 2048, 64)
     with pytest.raises(ValueError, match="block_chars >= 1"):
-        scan.block_hashes("text", xxhash.xxh3_64_intdigest, 0, 64)
+        scan.block_hashes(("text",), xxhash.xxh3_64_intdigest, 0, 64)
+    with pytest.raises(TypeError, match="every part must be a str"):
+        scan.block_hashes(("text", b"bytes"), xxhash.xxh3_64_intdigest, 2048, 64)
     with pytest.raises(TypeError, match="utf8_length"):
         scan.utf8_length(b"bytes")
 
