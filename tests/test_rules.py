@@ -203,3 +203,35 @@ def test_every_context_gets_exactly_one_served_model(c: RoutingContext, warm: st
         assert choice.path in DecisionPath
         assert choice == decide_model(rules, c, warm)  # pure: the same answer again
 
+
+
+# ---- the compiled rule list is the rule list -----------------------------------------------
+
+conditions = st.tuples(
+    st.sampled_from(["prompt_tokens", "code_markers", "max_tokens", "complexity", "safety_score",
+                     "scorer_confidence", "structured", "scorer_class", "safety"]),
+    st.sampled_from(["==", "!=", "<", "<=", ">", ">="]))
+
+
+def condition_text(field: str, op: str, draw_value: int) -> str:
+    enums = {"structured": Structured, "scorer_class": TaskClass, "safety": SafetyCategory}
+    if field in enums:
+        members = list(enums[field])
+        return f"{field} {op} {members[draw_value % len(members)].name.lower()}"
+    return f"{field} {op} {draw_value / 10 if field in ('complexity', 'safety_score', 'scorer_confidence') else draw_value * 100}"
+
+
+rule_lists = st.lists(st.lists(st.tuples(conditions, st.integers(0, 10)), min_size=0, max_size=3),
+                      min_size=0, max_size=6)
+
+
+@given(rule_lists, contexts)
+def test_compiled_rules_choose_what_walking_the_rules_chooses(raw_rules: list, context: RoutingContext) -> None:
+    # Random rule files: any fields, operators and values, "always" rules, no rules at all.
+    text = default_rules_text().split("[[rule]]")[0]
+    for number, conds in enumerate(raw_rules):
+        when = " and ".join(condition_text(f, op, v) for (f, op), v in conds) or "always"
+        task_class = list(TaskClass)[number % len(TaskClass)].name.lower()
+        text += f'\n[[rule]]\nname = "r{number}"\nwhen = "{when}"\nclass = "{task_class}"\n'
+    rules = parse_rules(text, "generated", THRESHOLDS)
+    assert rules.task_class(context) == rules.task_class_interpreted(context)
