@@ -36,6 +36,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from bench.results import machine, percentile, write_section
 from fabric.client import Client, FabricError, chat
 from fabric.local import NatsServer, ProcessGroup, component_command
@@ -152,14 +154,16 @@ def _vllm_version() -> str:
 
 
 async def run(kind: str, rounds: int, ttft_requests: int, load_requests: int, concurrency: int,
-              max_tokens: int) -> dict[str, Any]:
+              max_tokens: int, stream_interval: float = WorkerConfig().stream_interval) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="slm-bench-engine-") as tmp, NatsServer() as server:
         engine, label = build_engine(kind, Path(tmp))
         group = ProcessGroup()
         group.spawn("router", component_command("router", "--nats-url", server.url))
         worker = Worker(WorkerConfig(nats_url=server.url, model="general", replica="r0",
                                      engine=kind, max_inflight=concurrency,
-                                     fetch_batch=concurrency, max_queue_delay=0.0), engine)
+                                     fetch_batch=concurrency, max_queue_delay=0.0,
+                                     stream_interval=stream_interval), engine)
         task = asyncio.ensure_future(worker.run())
         try:
             await asyncio.wait_for(worker.ready.wait(), 300)
@@ -184,9 +188,12 @@ async def run(kind: str, rounds: int, ttft_requests: int, load_requests: int, co
             group.stop()
     d50, f50 = percentile(direct_ttft, 50), percentile(fabric_ttft, 50)
     d_tps, f_tps = statistics.median(direct_tps), statistics.median(fabric_tps)
+    flag = f" --stream-interval {stream_interval:g}" if stream_interval else ""
     return {
         "engine": kind, "label": label, "machine": machine(),
-        "command": f"python -m bench.engine --engine {kind}",
+        "command": f"python -m bench.engine --engine {kind}{flag}",
+        "stream_interval": stream_interval,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "ttft_requests": ttft_requests * rounds, "load_requests": load_requests * rounds,
         "concurrency": concurrency, "max_tokens": max_tokens, "rounds": rounds,
         "direct_ttft_p50_ms": d50 * 1000, "fabric_ttft_p50_ms": f50 * 1000,
@@ -198,30 +205,46 @@ async def run(kind: str, rounds: int, ttft_requests: int, load_requests: int, co
     }
 
 
+def row_key(kind: str, stream_interval: float) -> str:
+    return kind if not stream_interval else f"{kind}@{stream_interval:g}"
+
+
+def _ordered(rows: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """sim before vllm; per-delta chunks before coalesced ones."""
+    order = {"sim": 0, "vllm": 1}
+    return sorted(rows.items(), key=lambda kv: (order.get(kv[1]["engine"], 2),
+                                                kv[1].get("stream_interval", 0.0)))
+
+
+def chunking(row: dict[str, Any]) -> str:
+    interval = row.get("stream_interval", 0.0)
+    return f"{interval * 1000:g} ms" if interval else "every delta"
+
+
 def render(rows: dict[str, dict[str, Any]]) -> str:
     lines = ["## Workers: fabric vs direct engine", "",
              "The same engine object driven directly (in-process `engine.generate()`) and through "
              "the fabric (client → router process → JetStream → worker → reply chunks), phases "
-             "alternating in one run. TTFT: one request at a time, 2-token answers. Throughput: "
-             "completion tokens/s with 8 streams at once. Targets: ≥ 95% of direct throughput, "
-             "≤ 2 ms added TTFT.", ""]
-    lines += ["| engine | TTFT p50 direct | TTFT p50 fabric | added | tokens/s direct | tokens/s fabric | ratio |",
-              "|---|---|---|---|---|---|---|"]
-    for kind in ("sim", "vllm"):
-        r = rows.get(kind)
-        if r is None:
-            continue
-        lines.append(f"| {r['label']} | {r['direct_ttft_p50_ms']:.2f} ms | {r['fabric_ttft_p50_ms']:.2f} ms "
-                     f"| **{r['added_ttft_p50_ms']:+.2f} ms** | {r['direct_tokens_per_s']:.0f} "
-                     f"| {r['fabric_tokens_per_s']:.0f} | **{r['throughput_ratio']:.1%}** |")
+             "alternating in one run, on uvloop as a worker process runs. TTFT: one request at a "
+             "time, 2-token answers. Throughput: completion tokens/s with 8 streams at once. "
+             "Chunks: the worker's `SLM_STREAM_INTERVAL` (every engine delta its own chunk, or "
+             "deltas gathered per interval after the first chunk). Targets: ≥ 95% of direct "
+             "throughput, ≤ 2 ms added TTFT.", ""]
+    lines += ["| engine | chunks | TTFT p50 direct | TTFT p50 fabric | added | tokens/s direct | tokens/s fabric | ratio |",
+              "|---|---|---|---|---|---|---|---|"]
+    for _, r in _ordered(rows):
+        lines.append(f"| {r['label']} | {chunking(r)} | {r['direct_ttft_p50_ms']:.2f} ms "
+                     f"| {r['fabric_ttft_p50_ms']:.2f} ms | **{r['added_ttft_p50_ms']:+.2f} ms** "
+                     f"| {r['direct_tokens_per_s']:.0f} | {r['fabric_tokens_per_s']:.0f} "
+                     f"| **{r['throughput_ratio']:.1%}** |")
     lines.append("")
-    for kind in ("sim", "vllm"):
-        r = rows.get(kind)
-        if r is not None:
-            lines.append(f"- {kind}: {r['machine']}; command `{r['command']}`; {r['ttft_requests']} TTFT "
-                         f"requests and {r['load_requests']} load requests per path ({r['rounds']} rounds, "
-                         f"max_tokens {r['max_tokens']}); TTFT p90 direct {r['direct_ttft_p90_ms']:.2f} ms, "
-                         f"fabric {r['fabric_ttft_p90_ms']:.2f} ms.")
+    for key, r in _ordered(rows):
+        load = r.get("load_average")
+        during = f"; load average {load[0]:.2f} at start, {load[1]:.2f} at end" if load else ""
+        lines.append(f"- {key}: {r['machine']}; command `{r['command']}`; {r['ttft_requests']} TTFT "
+                     f"requests and {r['load_requests']} load requests per path ({r['rounds']} rounds, "
+                     f"max_tokens {r['max_tokens']}); TTFT p90 direct {r['direct_ttft_p90_ms']:.2f} ms, "
+                     f"fabric {r['fabric_ttft_p90_ms']:.2f} ms{during}.")
     return "\n".join(lines)
 
 
@@ -233,16 +256,19 @@ def main() -> int:
     parser.add_argument("--load-requests", type=int, default=32, help="per round and path")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--stream-interval", type=float, default=WorkerConfig().stream_interval,
+                        help="the worker's SLM_STREAM_INTERVAL (default: the worker's default)")
     parser.add_argument("--no-save", action="store_true",
                         help="print the result only (while iterating): results.md stays as it is")
     args = parser.parse_args()
-    result = asyncio.run(run(args.engine, args.rounds, args.ttft_requests, args.load_requests,
-                             args.concurrency, args.max_tokens))
+    # uvloop, as a worker process runs (fabric/serve.py); the direct path shares the loop.
+    result = uvloop.run(run(args.engine, args.rounds, args.ttft_requests, args.load_requests,
+                            args.concurrency, args.max_tokens, args.stream_interval))
     if args.no_save:
         print(json.dumps(result, indent=2))
         return 0
     rows = json.loads(RAW.read_text()) if RAW.exists() else {}
-    rows[args.engine] = result
+    rows[row_key(args.engine, args.stream_interval)] = result
     RAW.write_text(json.dumps(rows, indent=2) + "\n")
     write_section("engine", render(rows))
     print(json.dumps(result, indent=2))

@@ -43,6 +43,13 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # this worker's last open pulls have expired and another replica gets it.
     release_delay: float = 1.0
     any_max_ack_pending: int = 10_000  # the shared .any consumer: each worker's credits bound it
+    # ---- streaming ----
+    # After the first chunk (sent at once), deltas are gathered into one chunk until this
+    # many seconds have passed since the last one went out (vLLM's stream_interval, in
+    # time): every chunk costs a publish, a server hop and a decode however few tokens it
+    # carries. 0 = one chunk per engine delta. A delta waits at most until the first one
+    # that arrives this long after the last chunk; the final chunk carries the rest at once.
+    stream_interval: float = 0.0
     # ---- life cycle ----
     grace_seconds: float = 10.0  # SIGTERM: time to finish in-flight work
     warmup: bool = True  # run one request through the engine before reporting warm

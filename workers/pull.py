@@ -170,6 +170,9 @@ class Puller:
             if status != _HEARTBEAT:
                 self._finish(token, status)
             return
+        # The message first: its handler is scheduled ahead of the pull loop this wakes,
+        # so the work starts before the next pull request goes out (TTFT).
+        self._on_message(msg)
         if request is None:
             self.late_deliveries += 1
         else:
@@ -177,4 +180,3 @@ class Puller:
             request.activity.set()
             if request.received >= request.batch:
                 self._finish(token, "filled")
-        self._on_message(msg)

@@ -373,21 +373,27 @@ class Worker:
         started = time.perf_counter()
         ttft: float | None = None
         seq = 0
-        buffered: list[str] = []
+        buffered: list[str] = []  # deltas not yet sent
+        sent_at = 0.0  # when the last chunk went out
+        interval = self.config.stream_interval
         model, replica = self.config.model, self.config.replica
         try:
             async for delta in self.engine.generate(rid, request):
+                now = time.perf_counter()
                 if ttft is None:
-                    ttft = time.perf_counter() - started
+                    ttft = now - started
                     self.metrics.ttft_seconds.observe(ttft)
                 if delta.finish_reason is None:
-                    if not request.stream:
-                        buffered.append(delta.text)
-                        continue
+                    buffered.append(delta.text)
+                    if not request.stream or (seq and now - sent_at < interval):
+                        continue  # the first chunk goes at once: it is the TTFT
+                    text = buffered[0] if len(buffered) == 1 else "".join(buffered)
+                    buffered.clear()
                     await self.nc.publish(item.reply, codec.encode_reply(Chunk(
-                        rid, seq, delta.text, restarted=restarted and seq == 0,
+                        rid, seq, text, restarted=restarted and seq == 0,
                         model=model, replica=replica)))
                     seq += 1
+                    sent_at = now
                     continue
                 if rid in self._expired:
                     self.failed += 1
