@@ -1,27 +1,26 @@
 /*
- * router._scan: the scan window's word pass in C (optional accelerator).
+ * router._scan: the C twin of the routing context's per-word and per-character work
+ * (an optional accelerator, built by setup.py when a C compiler is there).
  *
- * router/context.py's read_utf8 reads a prompt's scan window (at most ~512 bytes) into
- * word counts per lexicon lane and the scorer's class sums. In pure Python each window
- * word costs ~0.2 us on a 2-core box (a bytes object from split(), a set insert, a dict
- * lookup, a big-int add), which is most of the routing decision. Here the same pass
- * makes no Python object per word: one loop translates and splits the window, a small
- * per-call hash set drops repeated words, and an open-addressing table built once from
- * the Python table gives each word's (and bigram's) lanes.
+ * In CPython each word of a prompt's scan window cost ~0.2 us on this project's 2-core
+ * box (a bytes object from split(), a set insert, a dict lookup, a big-int add), and a
+ * long non-ASCII prompt ~1 ns a character just to be encoded: most of a routing
+ * decision. This module does the same work with no Python object per word or block:
  *
- * It must give exactly what the Python pass gives (tests/test_scan.py checks every dev
- * prompt and random bytes against it); router/context.py falls back to the Python pass
- * when this module is not built (no C compiler at install time).
- *
- * Python API:
  *   ScanTable(translate, entries, lexicon_lanes, class_lanes, bigram_head, bigram_tail)
- *     translate: 256 bytes, the bytes.translate table that lowercases words and maps
- *                every separator to b" " (words are the runs of non-space bytes);
- *     entries:   {key: (lexicon_mask, (class weight, ...))}; a key is a word, or two
- *                words joined by one space (a bigram);
- *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces)
- *     lanes: lexicon lane counts over distinct words, then class sums over distinct
- *     words and the head/tail bigrams (see router/context.py for the definitions).
+ *     the word/bigram table, built once from router/context.py's WordTable (a key is a
+ *     word, or two words joined by one space; its value (lexicon mask, class weights));
+ *     .set_cues(...) adds what router/scorer.py's safety cues read from the words.
+ *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts)
+ *   utf8_length(text), block_hashes(parts, digest, block_chars, max_blocks)
+ *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
+ *   ClassModel(...), class_scores(model, lanes, text_features, signals, cue_sums)
+ *
+ * Each must give exactly what the Python code it mirrors gives (router/context.py's
+ * python_view, utf8_length fallback, python_prefix_hashes, python_script_census;
+ * router/scorer.py's cue_facts and python_score); tests/test_scan.py checks every dev
+ * prompt and generated inputs both ways. Without this module (no compiler, or
+ * SLM_PURE_PYTHON=1) the router runs the Python code: the same decisions, slower.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
