@@ -226,13 +226,15 @@ class Worker:
 
         Lingering on both means work spilled to ``.any`` starts as soon as it lands instead
         of at the next poll, and it cannot jump ahead of sticky work: the lingering starts
-        only once both queues were found empty. The own subject lingers for one message,
-        delivered the moment it lands (the first request's TTFT pays no extra round trip);
-        that fills the pull and wakes this loop, which pulls whatever else has arrived with
-        every free slot. ``.any`` lingers with a doorbell (no credit): when it rings, its work
-        is pulled with the free slots. So at most one slot can wait on a queue that stays
-        empty (until ``idle_poll``) while work waits on the other — credits split between
-        two lingering pulls used to strand half of them that way.
+        only once both queues were found empty. The own subject (sticky work, the common
+        case) lingers with every free slot but one, so its work is delivered the moment it
+        lands with no further pull on the way to the first token. ``.any`` lingers with a
+        doorbell (no credit): when it rings, the slot kept back pulls its work at once;
+        more ``.any`` work than that waits until the own pull expires (``idle_poll``).
+        Credits split evenly between two lingering pulls used to strand the half on the
+        queue that stayed empty while work waited on the other (a lingering pull cannot be
+        taken back). Lingering for one message and pulling again after it costs two pull
+        requests per request on the TTFT path (~0.6 ms on 2 cores).
         """
         lingering: set[asyncio.Task[object]] = set()
         try:
@@ -250,8 +252,9 @@ class Worker:
                 if got or self._free_slots() <= 0:
                     continue
                 if not self.own.lingering:
+                    share = max(min(self._free_slots() - 1, self.config.fetch_batch), 1)
                     lingering.add(asyncio.ensure_future(self.own.pull(
-                        1, expires=self.config.idle_poll)))
+                        share, expires=self.config.idle_poll, wait_for_first=True)))
                 if not self.any.lingering:
                     lingering.add(asyncio.ensure_future(self.any.doorbell(self.config.idle_poll)))
                 self._slot_freed.clear()
