@@ -227,8 +227,10 @@ def main() -> None:
         "",
         "A router's state after 8,000 Mooncake requests at the same load per replica; the next "
         "2,000 requests' contexts timed one call each, five passes, the pass with the median "
-        "p99 shown. Cost does not grow with the fleet: one binary search over the prompt's "
-        "prefix depths, a lookup table of the hash ring, and at most a dozen candidates.",
+        "p99 shown. Nothing per request grows with the fleet or the records kept: one binary "
+        "search over the prompt's prefix depths (one probe for a new prompt), a lookup table "
+        "of the hash ring (kept current on joins and leaves, filled in the router's upkeep), "
+        "at most a dozen candidates, and a heap read when none of them fits.",
     ]
     if live:
         md += ["", f"### Live fabric — first {args.live_requests} Mooncake requests, speed {speed_m:.2f}",

@@ -80,6 +80,7 @@ class _TwoGenerations(Generic[V]):
 # most recent in the lowest bits, and the count of spread blocks sits above them.
 ID_BITS = 20
 _ID_MASK = (1 << ID_BITS) - 1
+_DECODED_KEPT = 4096  # decoded holder lists kept (cleared whole when full)
 
 
 class PlacementMemory:
@@ -89,8 +90,8 @@ class PlacementMemory:
     the fleet when it was last placed, so one dict lookup answers both questions.
     """
 
-    __slots__ = ("_fanout", "_full_shift", "_ids", "_names", "_prefixes", "_sessions",
-                 "_shared_shift")
+    __slots__ = ("_decoded", "_fanout", "_full_shift", "_ids", "_names", "_prefixes",
+                 "_sessions", "_shared_shift")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, fanout: int = DEFAULT_FANOUT) -> None:
         self._prefixes: _TwoGenerations[int] = _TwoGenerations(capacity)
@@ -100,6 +101,7 @@ class PlacementMemory:
         self._full_shift = ID_BITS * (fanout - 1)  # the last holder's field: set when full
         self._ids: dict[str, int] = {}
         self._names: list[str] = [""]  # id 0 means "no holder"
+        self._decoded: dict[int, tuple[str, ...]] = {}
 
     @property
     def fanout(self) -> int:
@@ -113,18 +115,28 @@ class PlacementMemory:
                 # start over rather than let the table grow.
                 self._prefixes.clear()
                 self._ids.clear()
+                self._decoded.clear()
                 del self._names[1:]
             rid = self._ids[replica] = len(self._names)
             self._names.append(replica)
         return rid
 
     def _holders(self, packed: int) -> tuple[str, ...]:
-        names = self._names
-        out = []
-        while packed:
-            out.append(names[packed & _ID_MASK])
-            packed >>= ID_BITS
-        return tuple(out)
+        # Few distinct holder lists exist at a time (ordered picks of fanout replicas
+        # among those serving lately), so decoded ones are kept: one dict read per lookup.
+        decoded = self._decoded.get(packed)
+        if decoded is None:
+            names = self._names
+            out = []
+            rest = packed
+            while rest:
+                out.append(names[rest & _ID_MASK])
+                rest >>= ID_BITS
+            decoded = tuple(out)
+            if len(self._decoded) >= _DECODED_KEPT:
+                self._decoded.clear()
+            self._decoded[packed] = decoded
+        return decoded
 
     # ---- lookups (the decision path) ----------------------------------------------------
     def session(self, session_hash: int) -> str | None:
