@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -232,6 +233,24 @@ async def replicas_up(nc: nats.NATS, names: Names, count: int) -> bool:
         return False
 
 
+async def routers_listening(server: NatsServer, names: Names, count: int) -> bool:
+    """Do ``count`` connections hold a subscription to the ingress (the routers' queue
+    group)? Read from the server's monitoring endpoint: answered probes cannot tell, as
+    the queue group may give every probe to the router that started first."""
+    url = f"http://127.0.0.1:{server.monitor_port}/connz?subs=1&limit=1024"
+
+    def fetch() -> dict[str, Any]:
+        with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    try:
+        connz = await asyncio.to_thread(fetch)
+    except OSError:
+        return False
+    listening = [c for c in connz.get("connections", []) if names.ingress in c.get("subscriptions_list", [])]
+    return len(listening) >= count
+
+
 async def served(client: Client) -> bool:
     """One probe through router and worker (its id is not part of any tally)."""
     try:
@@ -350,14 +369,16 @@ async def router_kill(n: int = 300, max_tokens: int = 10) -> Row:
               "requests the dead router held get no reply; clients resend them with the same "
               "id after 1 s; the surviving router routes them; JetStream de-duplicates the "
               "ones that had been published, so each runs once")
-    async with scenario() as (_, fleet, client, admin, spy):
+    async with scenario() as (server, fleet, client, admin, spy):
         fleet.router("router-a", queue_bound=n)
         fleet.router("router-b", queue_bound=n)
         for r in range(2):
             fleet.worker(f"r{r}", max_inflight=64, queue_bound=n, sim_time_scale=0.5)
         await wait_for(lambda: replicas_up(admin, fleet.names, 2), 60, "replicas")
-        for _ in range(10):  # both routers up: the queue group has two members
-            await wait_for(lambda: served(client), 60, "the fabric to answer")
+        # Both routers in the queue group, so the one frozen below holds requests (on a
+        # loaded box a router can take seconds to start; probes alone would not show it).
+        await wait_for(lambda: routers_listening(server, fleet.names, 2), 60, "both routers")
+        await wait_for(lambda: served(client), 60, "the fabric to answer")
         requests = requests_for("rk", n, max_tokens)
         progress = {"sent": 0}
         # ~300 requests/s, so the freeze and the kill land while requests arrive.
