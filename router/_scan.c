@@ -366,6 +366,8 @@ static PyMethodDef ScanTable_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ssize_t n);
+
 static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 2) {
@@ -380,10 +382,13 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "scan: table must be a ScanTable");
         return NULL;
     }
-    const ScanTable *t = (const ScanTable *)args[1];
-    const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    return scan_window((const ScanTable *)args[1], (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                       PyBytes_GET_SIZE(args[0]));
+}
 
+/* The window's counts, sums and cue facts: (lanes, word_count, features, alnum, digits,
+ * spaces, cue_facts). */
+static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ssize_t n) {
     /* Scratch: the translated window, the words, and the per-call set of distinct words
      * (open addressing over word indexes + 1). On the stack for the usual window. */
     unsigned char stack_text[4 * STACK_WORDS];
@@ -760,6 +765,143 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
     return hashes;
 }
 
+/* ---- the whole read of a prompt: window ends, UTF-8 length, scan ---- */
+
+/* Code point c as UTF-8 (a surrogate in its 3-byte form, as 'surrogatepass' writes it). */
+static inline int put_utf8(Py_UCS4 c, unsigned char *o) {
+    if (c < 0x80) {
+        o[0] = (unsigned char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        o[0] = (unsigned char)(0xC0 | (c >> 6));
+        o[1] = (unsigned char)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c < 0x10000) {
+        o[0] = (unsigned char)(0xE0 | (c >> 12));
+        o[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+        o[2] = (unsigned char)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    o[0] = (unsigned char)(0xF0 | (c >> 18));
+    o[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
+    o[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+    o[3] = (unsigned char)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/* UTF-8 of characters [from, to) of the segments read as one string, into `out`, stopping
+ * once `limit` bytes are written (the last character may run past it: room for 3 more). */
+static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssize_t from, Py_ssize_t to,
+                               unsigned char *out, Py_ssize_t limit) {
+    Py_ssize_t written = 0, at = 0;
+    for (Py_ssize_t k = 0; k < count && written < limit; at += segments[k].length, k++) {
+        Py_ssize_t lo = from > at ? from - at : 0, hi = to - at;
+        if (hi > segments[k].length) hi = segments[k].length;
+        for (Py_ssize_t i = lo; i < hi && written < limit; i++)
+            written += put_utf8(PyUnicode_READ(segments[k].kind, segments[k].data, i), out + written);
+    }
+    return written;
+}
+
+/* Bytes beyond one a character in the UTF-8 of a segment (utf8_length's count). */
+static Py_ssize_t utf8_extra(const Segment *g) {
+    Py_ssize_t extra = 0;
+    for (Py_ssize_t at = 0; at < g->length; at += CHUNK) {
+        Py_ssize_t end = g->length - at < CHUNK ? g->length : at + CHUNK;
+        uint32_t chunk = 0;
+        if (g->kind == PyUnicode_1BYTE_KIND) {
+            const Py_UCS1 *p = g->data;
+            for (Py_ssize_t i = at; i < end; i++) chunk += p[i] >> 7;
+        } else if (g->kind == PyUnicode_2BYTE_KIND) {
+            const Py_UCS2 *p = g->data;
+            for (Py_ssize_t i = at; i < end; i++) chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF);
+        } else {
+            const Py_UCS4 *p = g->data;
+            for (Py_ssize_t i = at; i < end; i++)
+                chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
+        }
+        extra += chunk;
+    }
+    return extra;
+}
+
+#define MAX_WINDOW 4096
+
+/* read_prompt(parts, table, head, tail) -> the TextView tuple of router/context.py:
+ * (parts, chars, utf8_bytes, window, word_count, features, lanes, alnum, digits, spaces,
+ * cue_facts). The window is the prompt's UTF-8 when it is at most head + 1 + tail bytes,
+ * else its first `head` bytes, b"\n" and its last `tail` bytes; only those ends are ever
+ * encoded, and the parts are never joined. The Python it mirrors: context.read_parts. */
+static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyObject_TypeCheck(args[1], &ScanTableType)) {
+        PyErr_SetString(PyExc_TypeError, "read_prompt(parts: tuple[str, ...], table: ScanTable, head, tail)");
+        return NULL;
+    }
+    Py_ssize_t head = PyLong_AsSsize_t(args[2]), tail = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    if (head < 0 || tail < 0 || head + 1 + tail > MAX_WINDOW) {
+        PyErr_Format(PyExc_ValueError, "read_prompt: head and tail >= 0, head + 1 + tail <= %d", MAX_WINDOW);
+        return NULL;
+    }
+    PyObject *parts = args[0];
+    Py_ssize_t count = PyTuple_GET_SIZE(parts), chars = 0, utf8 = 0;
+    Segment stack_segments[16], *segments = stack_segments;
+    if (count > 16 && !(segments = PyMem_Malloc(sizeof(Segment) * count))) return PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *part = PyTuple_GET_ITEM(parts, k);
+        if (!PyUnicode_Check(part)) {
+            if (segments != stack_segments) PyMem_Free(segments);
+            PyErr_SetString(PyExc_TypeError, "read_prompt: every part must be a str");
+            return NULL;
+        }
+        segments[k].kind = PyUnicode_KIND(part);
+        segments[k].data = PyUnicode_DATA(part);
+        segments[k].length = PyUnicode_GET_LENGTH(part);
+        chars += segments[k].length;
+        utf8 += segments[k].length + (PyUnicode_IS_ASCII(part) ? 0 : utf8_extra(&segments[k]));
+    }
+    unsigned char window[MAX_WINDOW + 8], ends[4 * MAX_WINDOW + 8];
+    Py_ssize_t n;
+    if (utf8 <= head + 1 + tail) {
+        n = encode_range(segments, count, 0, chars, window, utf8);
+    } else { /* n characters encode to at least n bytes: the ends come from the end characters */
+        encode_range(segments, count, 0, head < chars ? head : chars, window, head);
+        window[head] = '\n';
+        Py_ssize_t from = chars > tail ? chars - tail : 0;
+        Py_ssize_t got = encode_range(segments, count, from, chars, ends, 4 * tail + 4);
+        memcpy(window + head + 1, ends + got - tail, (size_t)tail);
+        n = head + 1 + tail;
+    }
+    if (segments != stack_segments) PyMem_Free(segments);
+    PyObject *scanned = scan_window((const ScanTable *)args[1], window, n);
+    if (!scanned) return NULL;
+    PyObject *result = PyTuple_New(11);
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)window, n);
+    PyObject *chars_obj = PyLong_FromSsize_t(chars), *utf8_obj = PyLong_FromSsize_t(utf8);
+    if (!result || !raw || !chars_obj || !utf8_obj) {
+        Py_XDECREF(result);
+        Py_XDECREF(raw);
+        Py_XDECREF(chars_obj);
+        Py_XDECREF(utf8_obj);
+        Py_DECREF(scanned);
+        return NULL;
+    }
+    /* scanned: (lanes, word_count, features, alnum, digits, spaces, cue_facts) */
+    PyTuple_SET_ITEM(result, 0, Py_NewRef(parts));
+    PyTuple_SET_ITEM(result, 1, chars_obj);
+    PyTuple_SET_ITEM(result, 2, utf8_obj);
+    PyTuple_SET_ITEM(result, 3, raw);
+    PyTuple_SET_ITEM(result, 4, Py_NewRef(PyTuple_GET_ITEM(scanned, 1)));
+    PyTuple_SET_ITEM(result, 5, Py_NewRef(PyTuple_GET_ITEM(scanned, 2)));
+    PyTuple_SET_ITEM(result, 6, Py_NewRef(PyTuple_GET_ITEM(scanned, 0)));
+    for (int k = 3; k < 7; k++) PyTuple_SET_ITEM(result, k + 4, Py_NewRef(PyTuple_GET_ITEM(scanned, k)));
+    Py_DECREF(scanned);
+    return result;
+}
+
 /* ---- script detection: count UTF-8 lead bytes by script in one pass ---- */
 
 /* script_census(window, codes, e0_next, e1_next, letters) -> (counts, continuation_bytes)
@@ -1047,6 +1189,9 @@ static PyMethodDef methods[] = {
      "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
     {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
      "block_hashes(parts, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
+    {"read_prompt", (PyCFunction)(void (*)(void))read_prompt, METH_FASTCALL,
+     "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
+     "lanes, alnum, digits, spaces, cue_facts)"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,

@@ -60,11 +60,12 @@ try:
         raise ImportError("SLM_PURE_PYTHON=1")
     from router._scan import ScanTable as _ScanTable
     from router._scan import block_hashes as _native_block_hashes
-    from router._scan import scan as _native_scan
+    from router._scan import read_prompt as _native_read_prompt
     from router._scan import script_census as _native_script_census
     from router._scan import utf8_length as _native_utf8_length
 except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
-    _ScanTable = _native_block_hashes = _native_scan = _native_script_census = _native_utf8_length = None
+    _ScanTable = _native_block_hashes = _native_read_prompt = None
+    _native_script_census = _native_utf8_length = None
 
 # Prompt text is hashed in fixed-size blocks of characters; hashes are chained, so hash i
 # names the whole prompt up to the end of block i. 2,048 characters is about 512 tokens of
@@ -513,6 +514,9 @@ def read_parts(parts: tuple[str, ...], table: dict[bytes | tuple[bytes, bytes], 
     from the encodings of its first and last characters only: n characters encode to at
     least n bytes, so these are the same bytes as the whole encoding's ends.
     """
+    native = getattr(table, "native", None)
+    if native is not None:  # the whole read in one C call (router/_scan.c read_prompt)
+        return _new_tuple(TextView, _native_read_prompt(parts, native, HEAD_BYTES, TAIL_BYTES))
     chars = sum(map(len, parts))
     if len(parts) > 1 and chars < JOIN_BELOW:  # short: one copy costs less than reading parts
         parts = ("".join(parts),)
@@ -531,11 +535,6 @@ def read_parts(parts: tuple[str, ...], table: dict[bytes | tuple[bytes, bytes], 
         utf8_bytes = len(raw)
         if utf8_bytes > WINDOW_BYTES:
             raw = raw[:HEAD_BYTES] + b"\n" + raw[-TAIL_BYTES:]
-    native = getattr(table, "native", None)
-    if native is not None:
-        lanes, words, features, alnum, digits, spaces, facts = _native_scan(raw, native)
-        return _new_tuple(TextView, (parts, chars, utf8_bytes, raw, words, features, lanes, alnum, digits, spaces,
-                                     facts))
     return python_view(parts, chars, utf8_bytes, raw, table)
 
 

@@ -198,7 +198,10 @@ def test_a_prompt_in_parts_hashes_and_reads_as_the_joined_string(parts: tuple[st
     joined = "".join(parts)
     assert context.part_hashes(parts) == python_prefix_hashes(joined) == prefix_hashes(joined)
     table = shared_scorer().table
-    assert context.read_parts(parts, table)._replace(parts=(joined,)) == read_text(joined, table)
+    native = context.read_parts(parts, table)
+    assert native._replace(parts=(joined,)) == read_text(joined, table)
+    python = context.read_parts(parts, dict(table))  # the Python read (which may join short parts)
+    assert native._replace(parts=(joined,), cue_facts=None) == python._replace(parts=(joined,))
 
 
 def test_a_block_hashes_the_same_whatever_the_rest_of_the_prompt_holds() -> None:
@@ -320,3 +323,13 @@ def test_set_cues_refuses_lanes_outside_the_table() -> None:
         table.native.set_cues(1, 40, 1, (), 2, 3, 60, 4)
     with pytest.raises(ValueError, match="at most 8 targets"):
         table.native.set_cues(1, 0, 1, tuple(range(9)), 2, 3, 60, 4)
+
+
+def test_read_prompt_refuses_bad_arguments() -> None:
+    table = shared_scorer().table.native
+    with pytest.raises(TypeError, match="every part must be a str"):
+        scan.read_prompt(("text", b"bytes"), table, 382, 126)
+    with pytest.raises(TypeError, match="read_prompt"):
+        scan.read_prompt("text", table, 382, 126)
+    with pytest.raises(ValueError, match="head and tail >= 0"):
+        scan.read_prompt(("text",), table, 5000, 126)
