@@ -11,13 +11,15 @@
  *     the word/bigram table, built once from router/context.py's WordTable (a key is a
  *     word, or two words joined by one space; its value (lexicon mask, class weights));
  *     .set_cues(...) adds what router/scorer.py's safety cues read from the words.
+ *   read_prompt(parts, table, head, tail) -> a TextView tuple: the window's two ends
+ *     encoded from the prompt's strings as stored (never joined), the UTF-8 length, and
  *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts)
  *   utf8_length(text), block_hashes(parts, digest, block_chars, max_blocks)
  *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
  *   ClassModel(...), class_scores(model, lanes, text_features, signals, cue_sums)
  *
  * Each must give exactly what the Python code it mirrors gives (router/context.py's
- * python_view, utf8_length fallback, python_prefix_hashes, python_script_census;
+ * read_parts and python_view, utf8_length fallback, python_prefix_hashes, python_script_census;
  * router/scorer.py's cue_facts and python_score); tests/test_scan.py checks every dev
  * prompt and generated inputs both ways. Without this module (no compiler, or
  * SLM_PURE_PYTHON=1) the router runs the Python code: the same decisions, slower.
