@@ -547,10 +547,9 @@ fail_scratch:
 
 /* ---- prompt-wide passes over the str itself (no UTF-8 copy of a long prompt) ---- */
 
-/* utf8_length(text) -> the length of text.encode("utf-8", "surrogatepass"). One loop per
- * storage width, each simple enough for the compiler to vectorise (32-bit counters over
- * chunks, so the adds stay in vector lanes). */
-#define CHUNK 65536
+/* utf8_length(text) -> the length of text.encode("utf-8", "surrogatepass"), counted
+ * (utf8_extra), never encoded. */
+static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssize_t length);
 
 static PyObject *utf8_length(PyObject *module, PyObject *text) {
     (void)module;
@@ -558,27 +557,9 @@ static PyObject *utf8_length(PyObject *module, PyObject *text) {
         PyErr_SetString(PyExc_TypeError, "utf8_length: text must be a str");
         return NULL;
     }
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text), extra = 0;
-    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     if (PyUnicode_IS_ASCII(text)) return PyLong_FromSsize_t(n);
-    int kind = PyUnicode_KIND(text);
-    for (Py_ssize_t at = 0; at < n; at += CHUNK) {
-        Py_ssize_t end = n - at < CHUNK ? n : at + CHUNK;
-        uint32_t chunk = 0;
-        if (kind == PyUnicode_1BYTE_KIND) {
-            const Py_UCS1 *p = data;
-            for (Py_ssize_t i = at; i < end; i++) chunk += p[i] >> 7;
-        } else if (kind == PyUnicode_2BYTE_KIND) {
-            const Py_UCS2 *p = data;
-            for (Py_ssize_t i = at; i < end; i++) chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF);
-        } else {
-            const Py_UCS4 *p = data;
-            for (Py_ssize_t i = at; i < end; i++)
-                chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
-        }
-        extra += chunk;
-    }
-    return PyLong_FromSsize_t(n + extra);
+    return PyLong_FromSsize_t(n + utf8_extra_of(PyUnicode_KIND(text), PyUnicode_DATA(text), n));
 }
 
 /* A block's canonical bytes: its characters at the narrowest fixed width that holds them
@@ -600,6 +581,36 @@ typedef struct {
     const void *data;
     Py_ssize_t length;
 } Segment;
+
+#define STACK_SEGMENTS 16
+
+/* The strings of `parts` (a tuple) as segments: in `stack` when they fit, else in memory
+ * the caller frees with free_segments. NULL with an exception set when a part is not a
+ * str (`who` names the function). */
+static Segment *read_segments(PyObject *parts, Segment *stack, const char *who) {
+    Py_ssize_t count = PyTuple_GET_SIZE(parts);
+    Segment *segments = stack;
+    if (count > STACK_SEGMENTS && !(segments = PyMem_Malloc(sizeof(Segment) * count))) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *part = PyTuple_GET_ITEM(parts, k);
+        if (!PyUnicode_Check(part)) {
+            if (segments != stack) PyMem_Free(segments);
+            PyErr_Format(PyExc_TypeError, "%s: every part must be a str", who);
+            return NULL;
+        }
+        segments[k].kind = PyUnicode_KIND(part);
+        segments[k].data = PyUnicode_DATA(part);
+        segments[k].length = PyUnicode_GET_LENGTH(part);
+    }
+    return segments;
+}
+
+static void free_segments(Segment *segments, Segment *stack) {
+    if (segments != stack) PyMem_Free(segments);
+}
 
 /* The OR of characters [start, start + n) of a segment: below 2^k exactly when all are. */
 static Py_UCS4 or_of(const Segment *g, Py_ssize_t start, Py_ssize_t n) {
@@ -708,26 +719,16 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
     }
     PyObject *parts = args[0], *digest = args[1];
     Py_ssize_t count = PyTuple_GET_SIZE(parts), total = 0;
-    Segment stack_segments[16], *segments = stack_segments;
-    if (count > 16 && !(segments = PyMem_Malloc(sizeof(Segment) * count))) return PyErr_NoMemory();
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *part = PyTuple_GET_ITEM(parts, k);
-        if (!PyUnicode_Check(part)) {
-            if (segments != stack_segments) PyMem_Free(segments);
-            PyErr_SetString(PyExc_TypeError, "block_hashes: every part must be a str");
-            return NULL;
-        }
-        segments[k].kind = PyUnicode_KIND(part);
-        segments[k].data = PyUnicode_DATA(part);
-        segments[k].length = PyUnicode_GET_LENGTH(part);
-        total += segments[k].length;
-    }
+    Segment stack_segments[STACK_SEGMENTS];
+    Segment *segments = read_segments(parts, stack_segments, "block_hashes");
+    if (!segments) return NULL;
+    for (Py_ssize_t k = 0; k < count; k++) total += segments[k].length;
     Py_ssize_t blocks = total / step;
     if (blocks > most) blocks = most;
     PyObject *hashes = PyTuple_New(blocks);
     unsigned char *buffer = hashes && blocks ? PyMem_Malloc(4 * (size_t)step) : NULL;
     if (!hashes || !blocks || !buffer) {
-        if (segments != stack_segments) PyMem_Free(segments);
+        free_segments(segments, stack_segments);
         if (hashes && blocks && !buffer) {
             Py_DECREF(hashes);
             return PyErr_NoMemory();
@@ -758,7 +759,7 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
         PyTuple_SET_ITEM(hashes, b, shifted);
     }
     PyMem_Free(buffer);
-    if (segments != stack_segments) PyMem_Free(segments);
+    free_segments(segments, stack_segments);
     if (!seed) {
         Py_DECREF(hashes);
         return NULL;
@@ -807,20 +808,24 @@ static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssi
     return written;
 }
 
-/* Bytes beyond one a character in the UTF-8 of a segment (utf8_length's count). */
-static Py_ssize_t utf8_extra(const Segment *g) {
+/* Bytes beyond one a character in the UTF-8 of `length` characters stored `kind` bytes
+ * each. One loop per width, simple enough for the compiler to vectorise (32-bit counters
+ * over chunks, so the adds stay in vector lanes). */
+#define CHUNK 65536
+
+static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssize_t length) {
     Py_ssize_t extra = 0;
-    for (Py_ssize_t at = 0; at < g->length; at += CHUNK) {
-        Py_ssize_t end = g->length - at < CHUNK ? g->length : at + CHUNK;
+    for (Py_ssize_t at = 0; at < length; at += CHUNK) {
+        Py_ssize_t end = length - at < CHUNK ? length : at + CHUNK;
         uint32_t chunk = 0;
-        if (g->kind == PyUnicode_1BYTE_KIND) {
-            const Py_UCS1 *p = g->data;
+        if (kind == PyUnicode_1BYTE_KIND) {
+            const Py_UCS1 *p = data;
             for (Py_ssize_t i = at; i < end; i++) chunk += p[i] >> 7;
-        } else if (g->kind == PyUnicode_2BYTE_KIND) {
-            const Py_UCS2 *p = g->data;
+        } else if (kind == PyUnicode_2BYTE_KIND) {
+            const Py_UCS2 *p = data;
             for (Py_ssize_t i = at; i < end; i++) chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF);
         } else {
-            const Py_UCS4 *p = g->data;
+            const Py_UCS4 *p = data;
             for (Py_ssize_t i = at; i < end; i++)
                 chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
         }
@@ -828,6 +833,8 @@ static Py_ssize_t utf8_extra(const Segment *g) {
     }
     return extra;
 }
+
+static inline Py_ssize_t utf8_extra(const Segment *g) { return utf8_extra_of(g->kind, g->data, g->length); }
 
 #define MAX_WINDOW 4096
 
@@ -850,20 +857,12 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
     }
     PyObject *parts = args[0];
     Py_ssize_t count = PyTuple_GET_SIZE(parts), chars = 0, utf8 = 0;
-    Segment stack_segments[16], *segments = stack_segments;
-    if (count > 16 && !(segments = PyMem_Malloc(sizeof(Segment) * count))) return PyErr_NoMemory();
+    Segment stack_segments[STACK_SEGMENTS];
+    Segment *segments = read_segments(parts, stack_segments, "read_prompt");
+    if (!segments) return NULL;
     for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *part = PyTuple_GET_ITEM(parts, k);
-        if (!PyUnicode_Check(part)) {
-            if (segments != stack_segments) PyMem_Free(segments);
-            PyErr_SetString(PyExc_TypeError, "read_prompt: every part must be a str");
-            return NULL;
-        }
-        segments[k].kind = PyUnicode_KIND(part);
-        segments[k].data = PyUnicode_DATA(part);
-        segments[k].length = PyUnicode_GET_LENGTH(part);
         chars += segments[k].length;
-        utf8 += segments[k].length + (PyUnicode_IS_ASCII(part) ? 0 : utf8_extra(&segments[k]));
+        utf8 += segments[k].length + (PyUnicode_IS_ASCII(PyTuple_GET_ITEM(parts, k)) ? 0 : utf8_extra(&segments[k]));
     }
     unsigned char window[MAX_WINDOW + 8], ends[4 * MAX_WINDOW + 8];
     Py_ssize_t n;
@@ -877,7 +876,7 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         memcpy(window + head + 1, ends + got - tail, (size_t)tail);
         n = head + 1 + tail;
     }
-    if (segments != stack_segments) PyMem_Free(segments);
+    free_segments(segments, stack_segments);
     PyObject *scanned = scan_window((const ScanTable *)args[1], window, n);
     if (!scanned) return NULL;
     PyObject *result = PyTuple_New(11);
@@ -1186,7 +1185,7 @@ static PyTypeObject ScanTableType = {
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces)"},
+     "scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts)"},
     {"utf8_length", (PyCFunction)utf8_length, METH_O,
      "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
     {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
