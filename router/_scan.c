@@ -742,6 +742,11 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
         PyObject *view = PyMemoryView_FromMemory((char *)bytes, size, PyBUF_READ);
         PyObject *call[2] = {view, seed};
         PyObject *h = view ? PyObject_Vectorcall(digest, call, 2, NULL) : NULL;
+        if (view && Py_REFCNT(view) > 1) { /* the digest kept the view: cut it off the buffer */
+            PyObject *released = PyObject_CallMethod(view, "release", NULL);
+            if (!released) Py_CLEAR(h);
+            Py_XDECREF(released);
+        }
         Py_XDECREF(view);
         Py_DECREF(seed);
         seed = h;

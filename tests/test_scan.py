@@ -333,3 +333,17 @@ def test_read_prompt_refuses_bad_arguments() -> None:
         scan.read_prompt("text", table, 382, 126)
     with pytest.raises(ValueError, match="head and tail >= 0"):
         scan.read_prompt(("text",), table, 5000, 126)
+
+
+def test_a_digest_that_keeps_its_view_cannot_read_freed_memory() -> None:
+    kept = []
+
+    def keeping_digest(view: memoryview, seed: int) -> int:
+        kept.append(view)
+        return xxhash.xxh3_64_intdigest(view, seed)
+
+    text = "é" * 10 + "x" * (2 * PREFIX_BLOCK_CHARS)  # latin-1 in a str with a wider tail
+    hashes = scan.block_hashes((text, "€"), keeping_digest, PREFIX_BLOCK_CHARS, 64)
+    assert hashes == python_prefix_hashes(text + "€")
+    with pytest.raises(ValueError, match="released"):
+        bytes(kept[0])  # released when block_hashes returned, not pointing at freed memory
