@@ -84,7 +84,10 @@ async def test_no_more_than_capacity_sequences_run_at_once():
 
 async def test_waiting_requests_are_reported_as_waiting():
     engine = SimEngine(SimParams(capacity=1, time_scale=1.0, decode_seconds_per_token=0.01))
-    tasks = [asyncio.ensure_future(run(engine, f"w{i}", chat("hi", max_tokens=20))) for i in range(3)]
+    # A prompt of several KV blocks: the running sequence holds cache from admission on,
+    # not only once its first token is out (a loaded box can poll before that).
+    prompt = "tell me about the harbour and the boats " * 8
+    tasks = [asyncio.ensure_future(run(engine, f"w{i}", chat(prompt, max_tokens=20))) for i in range(3)]
     await wait_until(lambda: engine.stats().running == 1, step=0.005)
     stats = engine.stats()
     assert stats.running == 1 and stats.waiting == 2

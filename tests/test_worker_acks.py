@@ -399,7 +399,7 @@ async def test_an_idle_worker_takes_a_burst_on_either_queue_at_once(fabric, clie
         await wait_until(lambda: worker.own.lingering and worker.any.lingering)
         subs = [await queue.put(chat(f"{replica} {i}", max_tokens=1), f"burst-{replica}-{i}",
                                 replica=replica) for i in range(burst)]
-        await wait_until(lambda: engine.running == burst, timeout=2)
+        await wait_until(lambda n=burst: engine.running == n, timeout=2)
         engine.gate.set()
         for sub in subs:
             got = await replies(sub)

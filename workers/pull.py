@@ -13,8 +13,9 @@ given up on is still delivered, never dropped.
 most one byte. No work message is that small, so the server never delivers one to it; the
 moment a message becomes available it answers ``409 Message Size Exceeds MaxBytes`` and
 leaves the message in place for a real pull. A worker idle on two queues lingers with real
-credits on one and a doorbell on the other, so no credit sits on a queue that stays empty
-while work waits on the other (a lingering pull cannot be taken back before it expires).
+credits only on the one it serves first and a doorbell on the other: a lingering pull cannot
+be taken back before it expires, so credits split between two lingering pulls sit on the
+queue that stays empty while work waits on the other.
 """
 
 from __future__ import annotations
