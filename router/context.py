@@ -567,7 +567,7 @@ def _last_chars(parts: tuple[str, ...], n: int) -> str:
 
 def python_view(parts: tuple[str, ...], chars: int, utf8_bytes: int, raw: bytes,
                 table: dict[bytes | tuple[bytes, bytes], int]) -> TextView:
-    """``read_text``'s Python pass over the window ``raw`` (the reference for router/_scan.c)."""
+    """``read_parts``' Python pass over the window ``raw`` (the reference for router/_scan.c)."""
     spaced = raw.translate(_WORD_BYTES)
     words = spaced.split()
     # Each distinct word counts once: a passage that repeats itself must not outweigh the
