@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -93,13 +94,20 @@ class RouterMetrics:
             self.errors.labels(code.value)
         for reason in SHED_REASONS.values():
             self.shed.labels(reason)
-        for stage in STAGES:
-            self.decision_seconds.labels(stage)
+        # Children bound once: labels() costs ~2 us a call here (a lock and a dict walk),
+        # and these run on every request.
+        self.stage_seconds = {stage: self.decision_seconds.labels(stage) for stage in STAGES}
         self._paths = {p: p.name.lower() for p in DecisionPath}
         self._caches = {c: c.name.lower() for c in CacheClass}
+        self._decision_counts: dict[tuple[str, str, DecisionPath, CacheClass], Any] = {}
 
     def decided(self, model: str, task_class: str, path: DecisionPath, cache: CacheClass) -> None:
-        self.decisions.labels(model, task_class, self._paths[path], self._caches[cache]).inc()
+        key = (model, task_class, path, cache)
+        counter = self._decision_counts.get(key)
+        if counter is None:  # bounded: served models x task classes x paths x cache classes
+            counter = self._decision_counts[key] = self.decisions.labels(
+                model, task_class, self._paths[path], self._caches[cache])
+        counter.inc()
 
     def rejected(self, code: ErrorCode) -> None:
         """An error reply went out: count it, and as shed load when capacity or time ran out."""

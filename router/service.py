@@ -518,11 +518,11 @@ class Router:
         t2 = time.perf_counter()
         candidates = self.policy.choose_replicas(ctx, choice.model, self.table)
         t3 = time.perf_counter()
-        observe = self.metrics.decision_seconds.labels
-        observe("context").observe(t1 - t0)
-        observe("model").observe(t2 - t1)
-        observe("replica").observe(t3 - t2)
-        observe("total").observe(t3 - t0)
+        stage = self.metrics.stage_seconds
+        stage["context"].observe(t1 - t0)
+        stage["model"].observe(t2 - t1)
+        stage["replica"].observe(t3 - t2)
+        stage["total"].observe(t3 - t0)
         if not candidates:
             raise Rejected(ErrorCode.NO_REPLICA, f"no live replica serves model {choice.model!r}")
         assert self.js is not None
