@@ -21,8 +21,8 @@ import time
 import uuid
 
 import nats
-from nats.aio.msg import Msg
 import uvloop
+from nats.aio.msg import Msg
 
 from bench.results import machine, percentile, write_section
 from fabric.client import Client

@@ -7,11 +7,10 @@ workers run on the test's event loop (the same core the CLI runs in its own proc
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
-
-import importlib.util
 
 import pytest
 
@@ -22,7 +21,6 @@ from router.service import Router
 from workers.config import WorkerConfig
 from workers.sim_engine import SimEngine, SimParams
 from workers.worker import Worker
-
 
 # The real-vLLM suite needs vLLM and its stack (the .venv-vllm of `make test-vllm`);
 # the default venv does not even collect it.
