@@ -44,7 +44,7 @@ _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 
 _request_decoder = msgspec.json.Decoder(ChatRequest)
-_reply_decoder = msgspec.json.Decoder(Reply)  # type: ignore[arg-type]
+_reply_decoder = msgspec.json.Decoder(Reply)
 _work_decoder = msgspec.msgpack.Decoder(WorkItem)
 _context_decoder = msgspec.msgpack.Decoder(RoutingContext)
 _heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
