@@ -117,7 +117,7 @@ def test_bigram_edges_read_the_same_both_ways(words: int) -> None:
 
 
 def test_a_window_larger_than_the_stack_buffers_reads_the_same() -> None:
-    # read_utf8 never passes more than WINDOW_BYTES, but the C pass must not trust that.
+    # read_prompt never scans more than WINDOW_BYTES, but scan() must not trust that.
     data = b" ".join(known[i % len(known)] for i in range(3000))
     native, python = both_ways(data, shared_scorer().table)
     assert native == python
