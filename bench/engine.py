@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -66,7 +67,10 @@ def request(i: int, max_tokens: int) -> ChatRequest:
                 model="general", max_tokens=max_tokens, temperature=0.0)
 
 
-async def direct_phase(engine: Any, count: int, concurrency: int, max_tokens: int) -> Phase:
+async def run_phase(stream: Callable[[int], AsyncIterator[Any]], completion_tokens: Callable[[Any], int],
+                    count: int, concurrency: int) -> Phase:
+    """``count`` requests, ``concurrency`` at a time: each one's TTFT (first item of its
+    ``stream``) and the completion tokens ``completion_tokens`` reads from its items."""
     gate = asyncio.Semaphore(concurrency)
     ttft: list[float] = []
     tokens = 0
@@ -76,38 +80,29 @@ async def direct_phase(engine: Any, count: int, concurrency: int, max_tokens: in
         async with gate:
             started = time.perf_counter()
             first = None
-            async for delta in engine.generate(f"direct-{uuid.uuid4().hex}", request(i, max_tokens)):
+            async for item in stream(i):
                 if first is None:
                     first = time.perf_counter() - started
-                if delta.finish_reason is not None:
-                    tokens += delta.completion_tokens
+                tokens += completion_tokens(item)
             ttft.append(first or 0.0)
 
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
     return Phase(ttft, tokens, time.perf_counter() - started)
+
+
+async def direct_phase(engine: Any, count: int, concurrency: int, max_tokens: int) -> Phase:
+    return await run_phase(
+        lambda i: engine.generate(f"direct-{uuid.uuid4().hex}", request(i, max_tokens)),
+        lambda delta: delta.completion_tokens if delta.finish_reason is not None else 0,
+        count, concurrency)
 
 
 async def fabric_phase(client: Client, count: int, concurrency: int, max_tokens: int) -> Phase:
-    gate = asyncio.Semaphore(concurrency)
-    ttft: list[float] = []
-    tokens = 0
-
-    async def one(i: int) -> None:
-        nonlocal tokens
-        async with gate:
-            started = time.perf_counter()
-            first = None
-            async for chunk in client.stream(request(i, max_tokens), timeout=120):
-                if first is None:
-                    first = time.perf_counter() - started
-                if chunk.final and chunk.usage is not None:
-                    tokens += chunk.usage.completion_tokens
-            ttft.append(first or 0.0)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(count)))
-    return Phase(ttft, tokens, time.perf_counter() - started)
+    return await run_phase(
+        lambda i: client.stream(request(i, max_tokens), timeout=120),
+        lambda chunk: chunk.usage.completion_tokens if chunk.final and chunk.usage is not None else 0,
+        count, concurrency)
 
 
 async def served(client: Client, timeout: float = 60.0) -> None:

@@ -66,12 +66,8 @@ class BlockLRU:
 
     def lookup_and_insert(self, block_ids: list[int]) -> int:
         """Leading blocks already cached; then all of them become most recently used."""
+        hit = self.peek(block_ids)
         blocks = self._blocks
-        hit = 0
-        for b in block_ids:
-            if b not in blocks:
-                break
-            hit += 1
         move = blocks.move_to_end
         for b in block_ids:
             if b in blocks:
