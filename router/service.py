@@ -181,6 +181,11 @@ class Router:
                            if self.durable is not None else None)
                 # A round trip makes the server hold the ingress subscription before anyone
                 # is told the router is ready (else a first request may meet no responders).
+                # Two: nats-py writes a flush's PING straight to the socket, ahead of the SUB
+                # still in its pending buffer, so the first PONG can come back before the
+                # server has the subscription; the second PING leaves after the flusher has
+                # written the SUB (it ran while we waited for the first PONG).
+                await self.nc.flush()
                 await self.nc.flush()
                 self.ready.set()
                 await self._stopping.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -21,6 +22,9 @@ from router.service import Router
 from workers.config import WorkerConfig
 from workers.sim_engine import SimEngine, SimParams
 from workers.worker import Worker
+
+# A graceful stop takes a few seconds at most (grace periods, pull expiry).
+STOP_TIMEOUT = 30.0
 
 # The real-vLLM suite needs vLLM and its stack (the .venv-vllm of `make test-vllm`);
 # the default venv does not even collect it.
@@ -90,8 +94,18 @@ class Fabric:
     async def stop(self) -> None:
         for component in [*self.routers, *self.workers]:
             component.stop()
-        results = await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 30)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        if not self._tasks:
+            return
+        _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+        if stuck:
+            # Name what hung and where, instead of a bare teardown timeout.
+            stacks = io.StringIO()
+            for task in stuck:
+                task.print_stack(file=stacks)
+                task.cancel()
+            raise AssertionError(f"{len(stuck)} component(s) did not stop in {STOP_TIMEOUT} s:\n"
+                                 f"{stacks.getvalue()}")
+        errors = [t.exception() for t in self._tasks if not t.cancelled() and t.exception()]
         assert not errors, errors
 
 
