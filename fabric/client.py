@@ -4,6 +4,10 @@ Requests go to the ingress subject with a private inbox as the reply subject. A 
 with ``restarted`` set means the request was redelivered after a worker died: whatever
 came before it is void. ``complete()`` handles that and returns the final text.
 
+Replies come back on one wildcard subscription per client (``<inbox>.*``), each request
+owning one subject under it: no subscribe/unsubscribe round per request, and a chunk
+reaches the waiting stream through one queue (see ``_Replies``).
+
 Nothing is lost quietly: silence before the first reply sends the same request again
 (same id, same inbox — the work queues de-duplicate on the id, so it still runs once);
 ``durable=True`` stores the request in the SLM_INGRESS stream first, for batch work that
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -24,6 +29,8 @@ from urllib.parse import urlparse
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.errors import APIError
 
 from subjects import codec
@@ -90,10 +97,54 @@ def chat(prompt: str, **fields: object) -> ChatRequest:
     return ChatRequest(messages=[ChatMessage(role="user", content=prompt)], **fields)  # type: ignore[arg-type]
 
 
+class _Replies:
+    """One wildcard reply subscription for every request of a client.
+
+    A per-request subscription costs a SUB and an UNSUB (and a subscription task) for each
+    request, in front of its publish; here the first request subscribes ``<inbox>.*`` once
+    and each request takes a subject under it. Replies are sorted by subject (not by the
+    request id inside: an error about an undecodable request carries none), into the
+    request's own queue, with the connection's reconnect count at arrival (a gap in the
+    chunk sequence across a reconnect is chunks lost while away, not a bug); a reply for a
+    request already finished is dropped, as an unsubscribed inbox's would be. The
+    subscription is re-established with the connection after a reconnect, like any other.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._sub: Subscription | None = None
+        self._prefix = ""
+        self._opening = asyncio.Lock()
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, asyncio.Queue[tuple[Msg, int]]] = {}
+
+    async def open(self) -> tuple[str, asyncio.Queue[tuple[Msg, int]]]:
+        """A fresh reply subject and the queue its replies arrive in; ``close`` it after."""
+        if self._sub is None:
+            async with self._opening:
+                if self._sub is None:
+                    base = self._nc.new_inbox()
+                    self._sub = await self._nc.subscribe(f"{base}.*", cb=self._deliver)
+                    self._prefix = f"{base}."
+        inbox = f"{self._prefix}{next(self._tokens)}"
+        queue: asyncio.Queue[tuple[Msg, int]] = asyncio.Queue()
+        self._waiting[inbox] = queue
+        return inbox, queue
+
+    def close(self, inbox: str) -> None:
+        self._waiting.pop(inbox, None)
+
+    async def _deliver(self, msg: Msg) -> None:
+        queue = self._waiting.get(msg.subject)
+        if queue is not None:
+            queue.put_nowait((msg, int(self._nc.stats["reconnects"])))
+
+
 class Client:
     def __init__(self, nc: NATS, prefix: str = "slm") -> None:
         self.nc = nc
         self.names = Names(prefix)
+        self._replies = _Replies(nc)
         self.retries_sent = 0  # requests sent again, same id, after silence (see stream())
         self.resubmits_sent = 0  # requests sent under a new id after a reconnect
 
@@ -144,8 +195,7 @@ class Client:
         if request.id is None:
             request = _with_id(request, uuid.uuid4().hex)
         assert request.id is not None
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        inbox, replies = await self._replies.open()
         current = request
         tick = min(retry_after, timeout)
         try:
@@ -171,8 +221,9 @@ class Client:
 
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=tick)
-                except (TimeoutError, nats.errors.TimeoutError):
+                    async with asyncio.timeout(tick):
+                        msg, heard_in = await replies.get()
+                except TimeoutError:
                     silence += tick
                     now = self._reconnects()
                     if now != noticed:
@@ -217,19 +268,17 @@ class Client:
                 if reply.restarted:
                     expected = 0
                 if reply.seq != expected:
-                    if self._reconnects() != epoch and resubmits < retries:
+                    if heard_in != epoch and resubmits < retries:
                         await resubmit()  # the gap fell into a reconnect
                         continue
                     raise LostChunks(current.id or "", expected, reply.seq)
-                epoch = self._reconnects()
+                epoch = heard_in
                 expected = reply.seq + 1
                 yield reply
                 if reply.final:
                     return
         finally:
-            with contextlib.suppress(nats.errors.ConnectionClosedError,
-                                     nats.errors.ConnectionDrainingError):
-                await sub.unsubscribe()
+            self._replies.close(inbox)
 
     def _reconnects(self) -> int:
         return int(self.nc.stats["reconnects"])
@@ -262,8 +311,8 @@ class Client:
         """
         parts: list[str] = []
         restarts = 0
-        # Closed here, not whenever the garbage collector gets to it: its cleanup
-        # unsubscribes, which must not run after the connection is gone.
+        # Closed here, not whenever the garbage collector gets to it: its cleanup frees
+        # the reply subject at once.
         async with contextlib.aclosing(self.stream(request, timeout=timeout, **options)) as chunks:
             async for chunk in chunks:
                 if chunk.restarted:

@@ -168,3 +168,32 @@ async def test_retry_with_the_same_id_runs_once(fabric, client):
         await asyncio.sleep(0.02)  # bounded poll: at most 2 s
     assert info.state.messages == 0
     assert worker.completed == 1
+
+
+async def test_concurrent_requests_share_one_reply_subscription(fabric, client):
+    """Every request's replies come back on the client's one wildcard subscription, each
+    to its own stream; nothing is left registered once the answers are in."""
+    await fabric.router()
+    await fabric.worker("general", "r0", engine=SimEngine(SimParams(time_scale=0.01)))
+    await fabric.wait_for_replicas(1)
+    await client.complete(chat("warm up", max_tokens=1), timeout=10)  # opens the subscription
+    subs_before = len(client.nc._subs)
+    prompts = [f"request {i}: tell me about the sea" for i in range(12)]
+    answers = await asyncio.gather(*(client.complete(chat(p, max_tokens=6, id=f"mux-{i}"), timeout=10)
+                                     for i, p in enumerate(prompts)))
+    assert [a.request_id for a in answers] == [f"mux-{i}" for i in range(12)]
+    assert all(a.chunks == 6 and a.completion_tokens == 6 for a in answers)
+    assert len(client.nc._subs) == subs_before  # no subscription per request
+    assert client._replies._waiting == {}
+
+
+async def test_a_reply_for_a_finished_request_is_dropped(fabric, client):
+    await fabric.router()
+    await fabric.worker("general", "r0", engine=SimEngine(SimParams(time_scale=0.01)))
+    await fabric.wait_for_replicas(1)
+    inbox, replies = await client._replies.open()
+    client._replies.close(inbox)
+    await client.nc.publish(inbox, codec.encode_reply(ErrorReply("late", "internal", "too late")))
+    answer = await client.complete(chat("still fine", max_tokens=2), timeout=10)
+    assert answer.completion_tokens == 2
+    assert replies.empty()
