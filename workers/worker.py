@@ -370,7 +370,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._active.add(rid)
         self._in_flight_tokens += tokens
-        keep_alive = loop.create_task(self._keep_in_progress(msg))
+        keep_alive = KeepInProgress(loop, msg, self.config.in_progress_every)
         expiry = (loop.call_later(max(item.deadline - time.time(), 0.0), self._expire, rid)
                   if item.deadline else None)
         started = time.perf_counter()
@@ -447,15 +447,6 @@ class Worker:
             self._aborts.add(task)  # held so it is not garbage-collected mid-flight
             task.add_done_callback(self._aborts.discard)
 
-    async def _keep_in_progress(self, msg: Msg) -> None:
-        """Long generations tell JetStream they are alive well inside ack_wait."""
-        while True:
-            await asyncio.sleep(self.config.in_progress_every)
-            try:
-                await msg.in_progress()
-            except Exception as exc:  # reconnecting: the next one may get through
-                log.warning("in-progress ack failed: %s", exc)
-
     async def _error(self, reply: str, request_id: str, code: ErrorCode, message: str,
                      seq: int = 0) -> None:
         assert self.nc is not None
@@ -489,6 +480,38 @@ class Worker:
         self.metrics.heartbeat(in_flight=len(self._tasks), capacity=c.max_inflight,
                                warm=self.warm and not self.draining, stats=stats)
         await self.kv.put(self.names.replica_key(c.model, c.replica), codec.encode_heartbeat(beat))
+
+
+class KeepInProgress:
+    """Long generations tell JetStream they are alive well inside ack_wait: an in-progress
+    ack for ``msg`` every ``every`` seconds until ``cancel()``.
+
+    A timer rather than a task per request: most generations end before the first one is
+    due, and a task would be created and stepped on every request's way to the engine.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, msg: Msg, every: float) -> None:
+        self._loop = loop
+        self._msg = msg
+        self._every = every
+        self._sending: asyncio.Task[None] | None = None
+        self._timer = loop.call_later(every, self._due)
+
+    def _due(self) -> None:
+        if self._sending is None or self._sending.done():
+            self._sending = self._loop.create_task(self._send())
+        self._timer = self._loop.call_later(self._every, self._due)
+
+    async def _send(self) -> None:
+        try:
+            await self._msg.in_progress()
+        except Exception as exc:  # reconnecting: the next one may get through
+            log.warning("in-progress ack failed: %s", exc)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._sending is not None:
+            self._sending.cancel()
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
