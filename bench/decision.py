@@ -12,6 +12,10 @@ than an ASCII one, and the prefix hashes need those bytes). The baseline, timed 
 side in the same run on the same prompts, is the first-cut context extraction this
 replaced (a dozen regex scans over 1 KB at each end of the prompt, no scorer).
 
+Each request is decoded from its wire bytes (msgspec, untimed) right before its decision,
+as the router decodes a message right before deciding it, so a prompt is in the CPU caches
+as it is in a router, not wherever a bench's list of a few hundred long prompts left it.
+
 Replica choice runs in a steady state: after each placement the replica's own queue is
 sampled at half its capacity (as a worker draining it would leave it), so the fleet never
 saturates and every request takes the normal path rather than the ``.any`` spill.
@@ -27,8 +31,8 @@ from anywhere), routed with and without the sticky-session table. A bounce is a 
 that goes to a different model than the turn before it in the same session.
 
 Cold caches: the dev prompts and 8 KB prompts again with the CPU caches emptied before
-each decision (an 8 MiB buffer walked between requests, outside the timing), as a live
-router meets them when other work runs between its requests.
+each request's decode (an 8 MiB buffer walked between requests, outside the timing), as a
+live router meets its code and tables when other work runs between its requests.
 
 The C twin (router/_scan.c) against the Python code it mirrors: the context stage again,
 in a child process started with SLM_PURE_PYTHON=1, and (with --instructions) the
@@ -65,6 +69,7 @@ from router.registry import ReplicaTable
 from router.rules import load_rules
 from router.scorer import shared_scorer
 from router.sessions import SessionTable
+from subjects import codec
 from subjects.messages import ChatMessage, ChatRequest, Heartbeat
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,13 +210,17 @@ def evict_caches() -> None:
 
 
 def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False) -> dict[str, list[float]]:
+    """Each request is decoded from its wire bytes right before its decision (untimed), as
+    the router decodes a message right before deciding it: the prompt's memory is as warm
+    (or, long ones cycling through a bench's megabytes, as cold) as it is in a router."""
     policy, table = new_policy(), replica_table(replicas)
     choose_replicas, after = replica_stage(policy, table)
     clock = time.perf_counter_ns
     out: dict[str, list[float]] = {"context": [], "model": [], "replica": [], "total": []}
-    for i, request in enumerate(requests):
+    for i, payload in enumerate(on_the_wire(requests)):
         if cold:
             evict_caches()
+        request = codec.decode_request(payload)
         t0 = clock()
         ctx = policy.context(request)
         t1 = clock()
@@ -227,10 +236,15 @@ def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False) 
     return out
 
 
+def on_the_wire(requests: list[ChatRequest]) -> list[bytes]:
+    return [codec.encode_request(request) for request in requests]
+
+
 def time_baseline(requests: list[ChatRequest]) -> list[float]:
     clock = time.perf_counter_ns
     out = []
-    for request in requests:
+    for payload in on_the_wire(requests):
+        request = codec.decode_request(payload)  # as time_stages: decoded just before
         t0 = clock()
         first_cut_context(request)
         out.append((clock() - t0) / 1e3)
@@ -438,6 +452,7 @@ def main() -> None:
         + (f" --cpu {args.cpu}" if args.cpu is not None else "")
         + (" --instructions" if args.instructions else "") + "`). Shipped scorer and default rules; "
         f"per-request wall time in µs (time.perf_counter_ns), each request's median of {PASSES} passes, "
+        "each request decoded from its wire bytes just before its decision (untimed, as in the router), "
         "GC on; the box is shared with other jobs, which were not stopped "
         f"(load average 1/5/15 min: {load_before} before, LOAD_AFTER after).", "",
         "| prompts | n | chars (mean) | est. tokens (mean) | replicas/model | context p50 / p99 | "
@@ -468,9 +483,9 @@ def main() -> None:
             if replicas == 64:
                 warm_total[name] = stages["total"]
     lines += ["", "### Cold caches", "",
-              "The same decisions with the CPU caches emptied before each one (an 8 MiB buffer walked "
-              "between requests, outside the timing), as a live router meets them when other work runs "
-              "between its requests; 64 replicas per model.", "",
+              "The same decisions with the CPU caches emptied before each request's decode (an 8 MiB "
+              "buffer walked between requests, outside the timing), as a live router meets its code and "
+              "tables when other work runs between its requests; 64 replicas per model.", "",
               "| prompts | context p50 / p99 | model p50 / p99 | replica p50 / p99 | "
               "**whole decision p50 / p99** | warm whole decision p50 / p99 (above) |",
               "| --- | --- | --- | --- | --- | --- |"]
