@@ -323,9 +323,11 @@ async def worker_kill(n: int = 300, replicas: int = 3, max_tokens: int = 100,
         sending = asyncio.ensure_future(paced(client, requests, row, spy, progress, timeout=timeout))
         await wait_for(_async(lambda: progress["sent"] == n), 60, "everything sent")
         names = [f"r{r}" for r in range(replicas)]
-        # Long answers (max_tokens): when the last request is sent, most are mid-stream.
-        await wait_for(_async(lambda: sum(spy.streaming_on(r) for r in names) >= n // 2),
-                       60, "half of the requests to be streaming")
+        # Long answers (max_tokens): when the last request is sent, many are mid-stream. A
+        # quarter, not half: on a loaded box sending takes long enough that the first answers
+        # end before the last requests start, and half were never streaming at once.
+        await wait_for(_async(lambda: sum(spy.streaming_on(r) for r in names) >= n // 4),
+                       60, "a quarter of the requests to be streaming")
         victim = max(names, key=spy.streaming_on)
         row.facts["in_flight_at_kill"] = sum(1 for r in requests if not spy.finals[r.id or ""])
         row.facts["streaming_at_kill"] = {r: spy.streaming_on(r) for r in names}

@@ -255,7 +255,7 @@ class Router:
         """Reload on SIGHUP, and when the rules file's mtime changes (every rules_poll s)."""
         path, poll = self.config.rules_path, self.config.rules_poll
         last = _mtime(path)
-        while True:
+        while not _cancel_requested():
             try:
                 await asyncio.wait_for(self._reload_requested.wait(), poll if path and poll > 0 else None)
             except TimeoutError:
@@ -269,7 +269,7 @@ class Router:
 
     async def _flush_decisions(self, decisions: DecisionLog, interval: float = 0.25) -> None:
         """Write queued decisions from a worker thread, so file I/O never blocks routing."""
-        while True:
+        while not _cancel_requested():
             await asyncio.sleep(interval)
             try:
                 await asyncio.to_thread(decisions.flush)
@@ -316,7 +316,7 @@ class Router:
                     f"router busy: {self._inbox.qsize()} requests already waiting; retry later"))
 
     async def _serve(self) -> None:
-        while True:
+        while not _cancel_requested():
             msg = await self._inbox.get()
             try:
                 await self.handle(msg)
@@ -337,7 +337,7 @@ class Router:
         every request get no_replica. A fresh watch replays each replica's latest heartbeat;
         until it has, replicas are not expired (the silence was ours, not theirs).
         """
-        while True:
+        while not _cancel_requested():
             watching = asyncio.ensure_future(self._watch_registry(self._watcher))
             reconnected = asyncio.ensure_future(self._reconnected.wait())
             try:
@@ -352,7 +352,7 @@ class Router:
             self._expire_after = time.monotonic() + self.config.replica_ttl
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
-            while True:
+            while not _cancel_requested():
                 try:
                     self._watcher = await kv.watchall()
                     break
@@ -386,7 +386,7 @@ class Router:
                 self._move_queue(beat.model, beat.replica)
 
     async def _expire_replicas(self) -> None:
-        while True:
+        while not _cancel_requested():
             now = time.monotonic()
             for model, replica in self.table.expire(now) if now >= self._expire_after else ():
                 log.warning("replica %s/%s stopped heartbeating; dropped", model, replica)
@@ -435,7 +435,7 @@ class Router:
     async def _sample_loads(self) -> None:
         """Read each work stream's per-subject counts: every replica's queued + in-service work."""
         assert self.js is not None
-        while True:
+        while not _cancel_requested():
             await asyncio.sleep(self.config.load_sample_interval)
             for model in self.models:
                 fleet = self.table.fleet(model)
@@ -590,6 +590,16 @@ class Router:
         if reply and self.nc is not None:
             await self.nc.publish(reply, codec.encode_reply(
                 ErrorReply(request_id=request_id, code=code.value, message=message)))
+
+
+def _cancel_requested() -> bool:
+    """True once the running task has been asked to cancel, even if the cancellation was
+    swallowed: on Python 3.11 ``asyncio.wait_for`` (so every nats-py request) returns its
+    result instead of raising when the awaited reply lands in the same turn as the cancel.
+    A loop that only relied on CancelledError would then go on forever and hang the
+    router's stop; each loop of the router checks this too."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _mtime(path: str) -> int:

@@ -98,10 +98,13 @@ class Fabric:
             return
         _, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
         if stuck:
-            # Name what hung and where, instead of a bare teardown timeout.
+            # Name what hung and where, instead of a bare teardown timeout: every task still
+            # running (a component waits on its children, so theirs are the telling stacks).
             stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.print_stack(file=stacks)
             for task in stuck:
-                task.print_stack(file=stacks)
                 task.cancel()
             raise AssertionError(f"{len(stuck)} component(s) did not stop in {STOP_TIMEOUT} s:\n"
                                  f"{stacks.getvalue()}")
