@@ -104,10 +104,9 @@ class _Replies:
     request, in front of its publish; here the first request subscribes ``<inbox>.*`` once
     and each request takes a subject under it. Replies are sorted by subject (not by the
     request id inside: an error about an undecodable request carries none), into the
-    request's own queue, with the connection's reconnect count at arrival (a gap in the
-    chunk sequence across a reconnect is chunks lost while away, not a bug); a reply for a
-    request already finished is dropped, as an unsubscribed inbox's would be. The
-    subscription is re-established with the connection after a reconnect, like any other.
+    request's own queue; a reply for a request already finished is dropped, as an
+    unsubscribed inbox's would be. The subscription is re-established with the connection
+    after a reconnect, like any other.
     """
 
     def __init__(self, nc: NATS) -> None:
@@ -116,9 +115,9 @@ class _Replies:
         self._prefix = ""
         self._opening = asyncio.Lock()
         self._tokens = itertools.count(1)
-        self._waiting: dict[str, asyncio.Queue[tuple[Msg, int]]] = {}
+        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
 
-    async def open(self) -> tuple[str, asyncio.Queue[tuple[Msg, int]]]:
+    async def open(self) -> tuple[str, asyncio.Queue[Msg]]:
         """A fresh reply subject and the queue its replies arrive in; ``close`` it after."""
         if self._sub is None:
             async with self._opening:
@@ -127,7 +126,7 @@ class _Replies:
                     self._sub = await self._nc.subscribe(f"{base}.*", cb=self._deliver)
                     self._prefix = f"{base}."
         inbox = f"{self._prefix}{next(self._tokens)}"
-        queue: asyncio.Queue[tuple[Msg, int]] = asyncio.Queue()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._waiting[inbox] = queue
         return inbox, queue
 
@@ -137,7 +136,7 @@ class _Replies:
     async def _deliver(self, msg: Msg) -> None:
         queue = self._waiting.get(msg.subject)
         if queue is not None:
-            queue.put_nowait((msg, int(self._nc.stats["reconnects"])))
+            queue.put_nowait(msg)
 
 
 class Client:
@@ -205,24 +204,28 @@ class Client:
             accepted = durable  # a stored request is redelivered by JetStream, not by us
             expected = 0  # the next chunk's seq
             silence = 0.0
-            epoch = self._reconnects()  # connection epoch when we last heard a chunk
-            probed = epoch  # epoch of the last same-id send after a reconnect
-            noticed = epoch  # the last reconnect whose silence we started counting afresh
+            # Connection epochs (reconnect counts). A reconnect since the current id was sent
+            # explains lost replies: not the epoch a chunk was read in, which can be one
+            # later than the connection it came on (nats-py hands a message read just before
+            # a disconnect to its callback after the reconnect has been counted).
+            sent_in = self._reconnects()  # when the current id was first sent
+            probed = sent_in  # epoch of the last same-id send after a reconnect
+            noticed = sent_in  # the last reconnect whose silence we started counting afresh
 
             async def resubmit() -> None:
-                nonlocal current, sends, resubmits, accepted, silence, epoch, probed, noticed
+                nonlocal current, sends, resubmits, accepted, silence, sent_in, probed, noticed
                 resubmits += 1
                 self.resubmits_sent += 1
                 await self.cancel(current.id or "")
                 current = _with_id(request, f"{(request.id or '')[:56]}-r{resubmits}")
                 await self._send(current, inbox, durable, timeout)
                 sends, accepted, silence = 1, durable, 0.0
-                epoch = probed = noticed = self._reconnects()
+                sent_in = probed = noticed = self._reconnects()
 
             while True:
                 try:
                     async with asyncio.timeout(tick):
-                        msg, heard_in = await replies.get()
+                        msg = await replies.get()
                 except TimeoutError:
                     silence += tick
                     now = self._reconnects()
@@ -230,7 +233,7 @@ class Client:
                         # Count silence from the reconnect: a worker may still be on its
                         # way back, holding chunks it will flush when it reconnects.
                         noticed, silence = now, 0.0
-                    if now != epoch:  # the silence spans a reconnect: replies may be lost
+                    if now != sent_in:  # a reconnect since the send: replies may be lost
                         if expected == 0 and probed != now:
                             probed = now
                             sends += 1
@@ -268,11 +271,10 @@ class Client:
                 if reply.restarted:
                     expected = 0
                 if reply.seq != expected:
-                    if heard_in != epoch and resubmits < retries:
-                        await resubmit()  # the gap fell into a reconnect
+                    if self._reconnects() != sent_in and resubmits < retries:
+                        await resubmit()  # the gap may have fallen into a reconnect
                         continue
                     raise LostChunks(current.id or "", expected, reply.seq)
-                epoch = heard_in
                 expected = reply.seq + 1
                 yield reply
                 if reply.final:
