@@ -38,7 +38,8 @@ The C twin (router/_scan.c) against the Python code it mirrors: the context stag
 in a child process started with SLM_PURE_PYTHON=1, and (with --instructions) the
 instruction counts both ways.
 
-Run: make bench-decision  (or python -m bench.decision [--data PATH] [--quick] [--cpu N] [--instructions])
+Run: make bench-decision  (or python -m bench.decision [--data PATH] [--quick] [--cpu N] [--instructions]
+     [--no-save])
 """
 
 from __future__ import annotations
@@ -420,6 +421,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEV)
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--no-save", action="store_true",
+                        help="print the tables only; leave bench/results.md as it is")
     parser.add_argument("--cpu", type=int, help="pin this process to one CPU (fewer migrations)")
     parser.add_argument("--instructions", action="store_true",
                         help="also count instructions per request with valgrind (a few minutes)")
@@ -522,7 +525,8 @@ def main() -> None:
     ]
     if args.instructions:
         lines += instruction_lines(args.data)
-    write_section("decision", "\n".join(lines))
+    if not args.no_save:
+        write_section("decision", "\n".join(lines))
     print("\n".join(lines))
     worst = max((v for n, r, v in summary if n != "32 KB"), default=float("nan"))
     print(f"\nworst whole-decision p99 up to ~8k tokens: {worst:.1f} µs")
