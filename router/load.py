@@ -20,6 +20,8 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from subjects.messages import CacheClass
+
 # Placements kept behind the oldest outstanding one, so a sample that arrives late (and
 # counts a few more outstanding messages than the last one) can still be priced exactly.
 _SLACK = 256
@@ -35,8 +37,8 @@ class ReplicaLoad:
     from its heartbeat × the fleet's saturation factor), kept here for the same reason.
     """
 
-    __slots__ = ("_base", "_cum", "_oldest", "capacity", "limit", "name", "requests", "usable",
-                 "weight")
+    __slots__ = ("_base", "_cum", "_oldest", "as_cold", "as_prefix_hit", "as_sticky", "capacity",
+                 "limit", "name", "requests", "usable", "weight")
 
     def __init__(self, limit: float = 2.0, name: str = "", capacity: int = 1) -> None:
         self._cum: deque[int] = deque([0])  # cumulative weight after each placement
@@ -48,6 +50,11 @@ class ReplicaLoad:
         self.capacity = capacity  # sequences it runs at once (its heartbeat's capacity)
         self.name = name
         self.usable = True  # alive and not draining (kept by router.registry.Fleet)
+        # Its entries in a replica choice's answer, made once: the choice then allocates
+        # nothing per candidate.
+        self.as_cold = (name, CacheClass.COLD)
+        self.as_prefix_hit = (name, CacheClass.PREFIX_HIT)
+        self.as_sticky = (name, CacheClass.SESSION_STICKY)
 
     @property
     def open(self) -> bool:

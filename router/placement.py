@@ -154,8 +154,16 @@ class PlacementMemory:
         return self.lookup(hashes)[0]
 
     def lookup(self, hashes: Sequence[int], hint: int = 0) -> tuple[int, int, tuple[str, ...]]:
+        """(deepest placed depth, how many of those blocks have spread over the fleet, the
+        holders of the deepest one if it has not): ``find`` without the session."""
+        matched, common, holders, _ = self.find(hashes, hint)
+        return matched, common, holders
+
+    def find(self, hashes: Sequence[int], hint: int = 0,
+             session_hash: int = 0) -> tuple[int, int, tuple[str, ...], str | None]:
         """What replica choice asks, in one call: (deepest placed depth, how many of those
-        blocks have spread over the fleet, the holders of the deepest one if it has not).
+        blocks have spread over the fleet, the holders of the deepest one if it has not,
+        the session's replica or None).
 
         Binary search over the depths: a placement records every depth of its prompt at
         once, so when depth d is known every shallower depth of the same prompt is too (a
@@ -164,8 +172,14 @@ class PlacementMemory:
         dict lookups confirm it. When the deepest placed prefix has spread, its holders are
         not returned: every replica is assumed to hold it, so none is preferred.
         """
+        sticky = None
+        if session_hash:
+            sessions = self._sessions
+            sticky = sessions.new.get(session_hash)
+            if sticky is None:
+                sticky = sessions.old.get(session_hash)
         if not hashes:
-            return 0, 0, ()
+            return 0, 0, (), sticky
         prefixes = self._prefixes
         new = prefixes.new
         old = prefixes.old
@@ -176,7 +190,7 @@ class PlacementMemory:
         elif hashes[size - 1] in new or hashes[size - 1] in old:
             matched = size
         elif not (hashes[0] in new or hashes[0] in old):
-            return 0, 0, ()  # a new prompt (a new document): one probe, not a search
+            return 0, 0, (), sticky  # a new prompt (a new document): one probe, not a search
         else:
             low = 0
             high = size - 1
@@ -189,7 +203,7 @@ class PlacementMemory:
                     high = mid - 1
             matched = low
             if not matched:
-                return 0, 0, ()
+                return 0, 0, (), sticky
         key = hashes[matched - 1]
         entry = new.get(key)
         if entry is None:
@@ -198,8 +212,8 @@ class PlacementMemory:
         shared = entry >> shift
         packed = entry & ((1 << shift) - 1)
         if packed >> self._full_shift:
-            return matched, matched, ()
-        return matched, shared, self._holders(packed)
+            return matched, matched, (), sticky
+        return matched, shared, self._holders(packed), sticky
 
     # ---- updates (after a publish, or a record from another router) -----------------------
     def record(self, replica: str, prefix_hashes: Sequence[int], session_hash: int = 0) -> None:

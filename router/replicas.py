@@ -29,7 +29,8 @@ included; never less than one typical request, so a nearly idle fleet keeps affi
 except that a replica already holding part of this request's *own* prompt
 (past any fleet-wide prefix) may exceed that by ``move_cost ×`` the tokens it holds beyond
 ``free_move_tokens``: sending the request elsewhere would cost that much prefill again,
-while moving a short private prefix costs little. So a hot shared prefix
+while moving a short private prefix costs little. (That allowance is over the mean's
+bound, not over the floor: the two do not add up.) So a hot shared prefix
 fills its home to the bound and then spills along the ring, the replicas it spills to are
 recorded as holders and are warm for it next time, and a long conversation is moved only
 when its replica is over the bound by more than moving would waste. Saturated replicas
@@ -45,6 +46,7 @@ import random
 import msgspec
 
 from router.context import CHARS_PER_TOKEN, PREFIX_BLOCK_CHARS
+from router.load import ReplicaLoad
 from router.registry import Fleet
 from subjects.messages import CacheClass, PlacementRecord, RoutingContext
 from subjects.names import ANY_REPLICA
@@ -61,7 +63,8 @@ class ReplicaSettings(msgspec.Struct, frozen=True, kw_only=True):
     # No replica's outstanding load may exceed (1 + epsilon) × the fleet mean …
     load_epsilon: float = 0.1
     # … except by move_cost × the prompt tokens of this request it already holds, past the
-    # first free_move_tokens (moving that little is cheap: a fraction of a second of prefill).
+    # first free_move_tokens (moving that little is cheap: a fraction of a second of prefill);
+    # that allowance is over the (1 + epsilon) × mean bound, not on top of the floor below.
     move_cost: float = 12.0
     free_move_tokens: int = 3072
     # … and never by more than this × the bound (0: no cap).
@@ -110,9 +113,10 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
     """Replicas to try in order (see the module docstring), then ``.any``; [] if none usable.
 
     Written for speed (it runs on every request): one placement lookup (a binary search
-    over the prefix depths), the candidate checks inlined, the best three kept in locals
-    instead of a sorted list, the ring's candidates read from its lookup table, and
-    nothing that grows with the fleet.
+    over the prefix depths, and the session), the candidate checks inlined, the best three
+    kept in locals as load objects instead of a sorted list, the ring's candidates read
+    from its lookup table, the answer built from entries each load object made once (no
+    allocation per candidate), and nothing that grows with the fleet.
     """
     usable = fleet.usable
     count = len(usable)
@@ -120,7 +124,9 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
         return []
     if not fleet.open_count:
         return [_SPILL]  # every replica is saturated
-    matched, common, holders = fleet.placements.lookup(ctx.prefix_hashes, ctx.prefix_seen_depth)
+    hashes = ctx.prefix_hashes
+    matched, common, holders, sticky = fleet.placements.find(
+        hashes, ctx.prefix_seen_depth, ctx.session_hash)
     prompt = ctx.prompt_tokens
     uncached = prompt - matched * BLOCK_TOKENS
     if uncached < 1:
@@ -128,87 +134,107 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
     output = settings.decode_weight * (ctx.max_tokens or settings.default_output_tokens)
     bound = (1.0 + settings.load_epsilon) * (fleet.usable_weight + uncached + output) / count
     floor = settings.floor_requests * fleet.fill_weight
+    above_mean = bound  # (1 + epsilon) x the mean, before the floor
     if bound < floor:
         # A lightly loaded fleet: a replica holding a couple of typical requests is no hot
         # spot (the weighted form of the ceiling in consistent hashing with bounded
         # loads), and load samples a moment old must not scatter a conversation.
         bound = floor
     load_cost = settings.load_cost
-    # The three cheapest candidates: (cost, name) each; the name breaks ties.
+    # The three cheapest candidates: cost and load object each; the name breaks ties.
     c1 = c2 = c3 = _INF
-    n1 = n2 = n3 = ""
-    sticky = fleet.placements.session(ctx.session_hash) if ctx.session_hash else None
+    l1: ReplicaLoad | None = None
+    l2: ReplicaLoad | None = None
+    l3: ReplicaLoad | None = None
     sticky_fits = False
-    warm = (sticky, *holders) if sticky is not None and sticky not in holders else holders
-    if warm:
+    if sticky is not None and sticky in holders:
+        sticky_apart = None
+    else:
+        sticky_apart = sticky
+    if holders or sticky_apart is not None:
         # The session's last turn and the holders of this prompt's deepest prefix hold
         # ``matched`` blocks of it; they may exceed the bound by what moving would waste.
+        # The floor and this allowance are two reasons to exceed the mean, not two
+        # amounts that add up: stacked, a warm replica of a nearly idle fleet took a
+        # floor's worth of requests plus the allowance (the hot tenant's first seconds,
+        # when its shared prompt had one holder: 1.35x the mean in one draw).
         kept = (matched - common) * BLOCK_TOKENS - settings.free_move_tokens
-        allowance = bound + settings.move_cost * kept if kept > 0 else bound
+        allowance = above_mean + settings.move_cost * kept if kept > 0 else above_mean
+        if allowance < bound:
+            allowance = bound
         if settings.move_cap > 0 and allowance > bound * (1.0 + settings.move_cap):
             allowance = bound * (1.0 + settings.move_cap)
-        for name in warm:
+        for name in (sticky_apart, *holders) if sticky_apart is not None else holders:
             load = usable.get(name)
             if load is None or load.requests >= load.limit or load.weight > allowance:
                 continue
             if name == sticky:
                 sticky_fits = True
             cost = uncached + load_cost * load.weight
-            if cost < c1 or (cost == c1 and name < n1):
-                c1, n1, c2, n2, c3, n3 = cost, name, c1, n1, c2, n2
-            elif cost < c2 or (cost == c2 and name < n2):
-                c2, n2, c3, n3 = cost, name, c2, n2
-            elif cost < c3 or (cost == c3 and name < n3):
-                c3, n3 = cost, name
-    hashes = ctx.prefix_hashes
+            if cost < c1 or (cost == c1 and name < l1.name):  # type: ignore[union-attr]
+                c1, l1, c2, l2, c3, l3 = cost, load, c1, l1, c2, l2
+            elif cost < c2 or (cost == c2 and name < l2.name):  # type: ignore[union-attr]
+                c2, l2, c3, l3 = cost, load, c2, l2
+            elif cost < c3 or (cost == c3 and name < l3.name):  # type: ignore[union-attr]
+                c3, l3 = cost, load
     key = hashes[matched if matched < len(hashes) else -1] if hashes else ctx.session_hash
-    wanted = settings.ring_choices
-    cold = prompt - common * BLOCK_TOKENS
     # A prompt shorter than one block and with no session has nothing to keep warm: any
     # replica is as good as another, so it goes to the least loaded one (one heap read)
     # instead of the ring's candidates for key 0, which all such prompts would share.
-    for load in fleet.ring.successors(key, settings.max_walk) if key else ():
-        if not load.usable or load.requests >= load.limit or load.weight > bound:
-            continue
-        name = load.name
-        if warm and name in warm:
-            continue
-        cost = cold + load_cost * load.weight
-        if cost < c1 or (cost == c1 and name < n1):
-            c1, n1, c2, n2, c3, n3 = cost, name, c1, n1, c2, n2
-        elif cost < c2 or (cost == c2 and name < n2):
-            c2, n2, c3, n3 = cost, name, c2, n2
-        elif cost < c3 or (cost == c3 and name < n3):
-            c3, n3 = cost, name
-        wanted -= 1
-        if not wanted:
-            break
-    if c1 == _INF:
+    if key:
+        wanted = settings.ring_choices
+        cold = prompt - common * BLOCK_TOKENS
+        for load in fleet.ring.successors(key, settings.max_walk):
+            weight = load.weight
+            if weight > bound or load.requests >= load.limit or not load.usable:
+                continue
+            name = load.name
+            if name == sticky_apart or name in holders:
+                continue  # a warm candidate, weighed above
+            cost = cold + load_cost * weight
+            if cost < c1 or (cost == c1 and name < l1.name):  # type: ignore[union-attr]
+                c1, l1, c2, l2, c3, l3 = cost, load, c1, l1, c2, l2
+            elif cost < c2 or (cost == c2 and name < l2.name):  # type: ignore[union-attr]
+                c2, l2, c3, l3 = cost, load, c2, l2
+            elif cost < c3 or (cost == c3 and name < l3.name):  # type: ignore[union-attr]
+                c3, l3 = cost, load
+            wanted -= 1
+            if not wanted:
+                break
+    if l1 is None:
         # No key, or (rare) a long run of full replicas on the ring: the least loaded one
         # is at or below the mean, so within the bound unless it is saturated.
         least = fleet.least_loaded()
         if least is None:
             return [_SPILL]
-        n1 = least
-    rest: tuple[str, ...] | list[str]
-    if sticky_fits and n1 != sticky:
+        l1 = usable[least]
+    first = l1
+    if sticky_fits and l1.name != sticky:
         # Session first: its replica holds the conversation, hashed or not (a turn
         # shorter than a block has no prefix hash at all).
-        first = sticky or n1
-        rest = [n for n in (n1, n2, n3) if n and n != sticky]
+        first = usable[sticky]  # type: ignore[index]
+        l1, l2, l3 = (l1 if l1 is not first else None, l2 if l2 is not first else None,
+                      l3 if l3 is not first else None)
+        if l1 is None:
+            l1, l2, l3 = l2, l3, None
+        elif l2 is None:
+            l2, l3 = l3, None
     else:
-        first, rest = n1, (n2, n3)
-    if first == sticky:
-        out: Candidates = [(first, _STICKY)]
-    elif common or first in holders:
-        out = [(first, _PREFIX_HIT)]
+        l1, l2, l3 = l2, l3, None
+    name = first.name
+    if name == sticky:
+        out: Candidates = [first.as_sticky]
+    elif common or name in holders:
+        out = [first.as_prefix_hit]
     else:
-        out = [(first, _COLD)]
+        out = [first.as_cold]
     fallbacks = settings.fallbacks
-    for name in rest:
-        if name and fallbacks > 0:
-            out.append((name, _COLD))
-            fallbacks -= 1
+    if l1 is not None and fallbacks > 0:
+        out.append(l1.as_cold)
+        if l2 is not None and fallbacks > 1:
+            out.append(l2.as_cold)
+            if l3 is not None and fallbacks > 2:
+                out.append(l3.as_cold)
     out.append(_SPILL)
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import random
 
 from hypothesis import given, settings
@@ -69,6 +70,20 @@ def test_ring_is_the_same_on_every_router_and_lists_each_replica_once():
         assert sorted(a.walk(key)) == sorted(names)
         assert a.successors(key, 4) == b.successors(key, 4)
         assert len(set(a.successors(key, 4))) == 4
+
+
+def test_ring_gives_names_one_character_apart_their_own_points():
+    """Short names that differ in their last character ("r30", "r31") once hashed to the
+    same points (XXH3 folds the seed into short inputs by XOR): 586 distinct points of
+    2,048 at 64 replicas, one replica home to 4x its share of keys and ten to none."""
+    names = [f"r{i}" for i in range(64)]
+    ring = HashRing(names)
+    keys = [random.Random(k).getrandbits(64) for k in range(8000)]
+    homes = collections.Counter(ring.home(k) for k in keys)
+    assert sorted(homes) == sorted(names)  # every replica is home to some keys
+    assert max(homes.values()) < 2.0 * len(keys) / len(names)
+    starts = collections.Counter(ring.successors(k, 4)[0] for k in keys)
+    assert len(starts) == len(names)
 
 
 def test_ring_change_moves_only_the_keys_of_the_replica_that_left():
@@ -283,6 +298,23 @@ def test_the_longest_prefix_wins_over_a_shorter_one():
     assert choose_affinity(ctx(chain(1, 2, 8)), fleet)[0][0] in ("r3", "r5")
 
 
+def test_the_floor_and_the_move_allowance_do_not_add_up():
+    """In a nearly idle fleet a warm replica may hold the floor's two typical requests, or
+    the mean plus what moving its prefix would waste, whichever is more — not both."""
+    _, fleet = fleet_of(8, capacity=1000)
+    first = ctx(chain(*range(1, 8)), out=64)  # 7 private blocks: 512 tokens past the free 3,072
+    record_placement(fleet, first, "r0")
+    fill = fleet.fill_weight
+    nxt = ctx(chain(*range(1, 9)), out=64)  # the conversation's next turn
+    fleet.sample("r0", 1)  # its one request: within the floor, so it stays warm
+    assert choose_affinity(nxt, fleet)[0] == ("r0", CacheClass.PREFIX_HIT)
+    fleet.sample("r0", 3)  # two more it was not told of: 3 typical requests, over the floor
+    assert fleet.load("r0") == 3 * fill > 2 * fill
+    allowance = 12 * (7 * BLOCK_TOKENS - 3072)
+    assert fleet.load("r0") <= 2 * fill + allowance  # the two stacked would have kept it there
+    assert choose_affinity(nxt, fleet)[0][0] != "r0"
+
+
 def test_saturated_replicas_are_skipped_and_all_saturated_goes_to_any():
     _, fleet = fleet_of(3, capacity=2)  # the table's saturation: 2 × capacity outstanding
     s = ReplicaSettings()
@@ -358,7 +390,8 @@ requests = st.lists(
 def test_bounded_load_holds_for_every_choice(requests, replicas, epsilon):
     """No replica takes work while above (1 + ε) × the mean load (this request included;
     at least floor_requests typical requests), unless it holds this request's own prefix:
-    then by at most move_cost × what it holds past free_move_tokens."""
+    then by at most move_cost × what it holds past free_move_tokens — over (1 + ε) × the
+    mean, not over the floor (the two do not add up)."""
     _, fleet = fleet_of(replicas, capacity=1000)
     s = ReplicaSettings(load_epsilon=epsilon)
     rng = random.Random(len(requests))
@@ -373,8 +406,8 @@ def test_bounded_load_holds_for_every_choice(requests, replicas, epsilon):
         mean = (sum(before.values()) + request_weight(c, s, matched)) / len(before)
         replica, _ = choose_affinity(c, fleet, s)[0]
         allowance = s.move_cost * max((matched - common) * BLOCK_TOKENS - s.free_move_tokens, 0)
-        bound = max((1 + epsilon) * mean, s.floor_requests * fleet.fill_weight)
-        assert before[replica] <= bound + allowance + 1e-6
+        allowed = max((1 + epsilon) * mean + allowance, s.floor_requests * fleet.fill_weight)
+        assert before[replica] <= allowed + 1e-6
         record_placement(fleet, c, replica, s)
         # The fleet's O(1) aggregates agree with the replicas they summarise.
         assert fleet.usable_weight == sum(load.weight for load in fleet.usable.values())
@@ -423,3 +456,92 @@ def test_a_released_claim_frees_the_replica_it_saturated():
     assert fleet.open_count == 2 and fleet.usable_weight == 100 == fleet.load("r0")
     fleet.placed("r1", 500)
     assert fleet.least_loaded() == "r0"
+
+
+# ---- the fast choice is the plain rules, written for speed -----------------------------------
+def reference_choice(c: RoutingContext, fleet, s: ReplicaSettings):
+    """router.replicas' rules written plainly (sorted lists, no inlining): choose_affinity
+    must give exactly this answer, so a speed-up can never change a choice."""
+    usable = fleet.usable
+    if not usable:
+        return []
+    if not fleet.open_count:
+        return [(ANY_REPLICA, CacheClass.SPILL)]
+    matched, common, holders = fleet.placements.lookup(c.prefix_hashes, c.prefix_seen_depth)
+    sticky = fleet.placements.session(c.session_hash) if c.session_hash else None
+    uncached = max(c.prompt_tokens - matched * BLOCK_TOKENS, 1)
+    output = s.decode_weight * (c.max_tokens or s.default_output_tokens)
+    above_mean = (1 + s.load_epsilon) * (fleet.usable_weight + uncached + output) / len(usable)
+    bound = max(above_mean, s.floor_requests * fleet.fill_weight)
+    warm = ([sticky] if sticky is not None and sticky not in holders else []) + list(holders)
+    kept = (matched - common) * BLOCK_TOKENS - s.free_move_tokens
+    allowance = max(above_mean + s.move_cost * max(kept, 0), bound)
+    if s.move_cap > 0:
+        allowance = min(allowance, bound * (1 + s.move_cap))
+    ranked = []
+    for name in warm:
+        load = usable.get(name)
+        if load is not None and load.requests < load.limit and load.weight <= allowance:
+            ranked.append((uncached + s.load_cost * load.weight, name))
+    sticky_fits = any(name == sticky for _, name in ranked)
+    hashes = c.prefix_hashes
+    key = hashes[min(matched, len(hashes) - 1)] if hashes else c.session_hash
+    if key:
+        wanted = s.ring_choices
+        for load in fleet.ring.successors(key, s.max_walk):
+            if (not load.usable or load.requests >= load.limit or load.weight > bound
+                    or load.name in warm):
+                continue
+            ranked.append((c.prompt_tokens - common * BLOCK_TOKENS + s.load_cost * load.weight,
+                           load.name))
+            wanted -= 1
+            if not wanted:
+                break
+    names = [name for _, name in sorted(ranked)]
+    if not names:
+        least = fleet.least_loaded()
+        if least is None:
+            return [(ANY_REPLICA, CacheClass.SPILL)]
+        names = [least]
+    if sticky_fits and names[0] != sticky:
+        first, rest = sticky, [n for n in names[:3] if n != sticky]
+    else:
+        first, rest = names[0], names[1:3]
+    if first == sticky:
+        cls = CacheClass.SESSION_STICKY
+    elif common or first in holders:
+        cls = CacheClass.PREFIX_HIT
+    else:
+        cls = CacheClass.COLD
+    return ([(first, cls)] + [(n, CacheClass.COLD) for n in rest[: s.fallbacks]]
+            + [(ANY_REPLICA, CacheClass.SPILL)])
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10**6), replicas=st.integers(1, 40), capacity=st.integers(1, 8),
+       s=st.builds(ReplicaSettings, load_epsilon=st.sampled_from([0.0, 0.1, 0.3]),
+                   move_cap=st.sampled_from([0.0, 0.2]), fallbacks=st.integers(0, 2),
+                   ring_choices=st.integers(1, 5), free_move_tokens=st.sampled_from([0, 3072])))
+def test_choose_affinity_gives_exactly_the_plain_rules_answer(seed, replicas, capacity, s):
+    table, fleet = fleet_of(replicas, capacity=capacity)
+    if seed % 2:
+        table.refresh()  # the ring's lookup table filled, or walked on demand
+    rng = random.Random(seed)
+    for step in range(150):
+        blocks = [rng.randrange(3)] + [rng.randrange(30) for _ in range(rng.randrange(0, 6))]
+        c = ctx(chain(*blocks) if rng.random() < 0.9 else (),
+                session=rng.choice((0, 0, rng.randrange(1, 12))), out=rng.randrange(1, 900),
+                tokens=rng.choice((None, 100, 5000)), seen=rng.randrange(0, 4))
+        if len(c.prefix_hashes) < c.prefix_seen_depth:
+            c = ctx(c.prefix_hashes, session=c.session_hash, out=c.max_tokens)
+        got = choose_affinity(c, fleet, s)
+        assert got == reference_choice(c, fleet, s)
+        if got and got[0][0] != ANY_REPLICA:
+            record_placement(fleet, c, got[0][0], s)
+        action = rng.random()
+        name = f"r{rng.randrange(replicas)}"
+        if action < 0.3:
+            fleet.sample(name, rng.randrange(0, 2 * capacity + 2))
+        elif action < 0.35:
+            table.apply(Heartbeat(model=MODEL, replica=name, capacity=capacity,
+                                  draining=rng.random() < 0.5), float(step))
