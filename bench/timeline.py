@@ -17,6 +17,9 @@ fabric code itself carries no tracing. Stages:
 Printed: the median (and p90) time from each stage to the next, and the total, next to
 the direct path's TTFT (``engine.generate()`` to its first delta) in the same run.
 
+``--load N`` adds bench/engine's 8-stream phase and counts the worker's pulls (the refill);
+``--cpu-per-chunk`` measures instead the CPU each process spends per streamed chunk.
+
 Run: ``python -m bench.timeline [--requests 200]`` (prints; writes nothing).
 """
 
@@ -45,7 +48,7 @@ from nats.aio.transport import TcpTransport
 from nats.js import JetStreamContext
 
 from bench.engine import request, served
-from fabric.local import NatsServer, ProcessGroup
+from fabric.local import NatsServer, ProcessGroup, component_command
 from subjects import codec
 from subjects.names import HEADER_MSG_ID
 
@@ -402,17 +405,79 @@ def _p90(values: list[float]) -> float:
     return sorted(values)[int(len(values) * 0.9)] if values else 0.0
 
 
+def _cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU of a process so far, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_chunk(requests: int = 96, tokens: int = 128) -> str:
+    """CPU each process spends per streamed chunk: the simulated engine with zero delays
+    (so the engine costs nothing), 8 streams, a chunk per token."""
+    from fabric.client import Client
+    from workers.config import WorkerConfig
+    from workers.sim_engine import SimEngine, SimParams
+    from workers.worker import Worker
+
+    with NatsServer() as server:
+        group = ProcessGroup()
+        router = group.spawn("router", component_command("router", "--nats-url", server.url))
+        engine = SimEngine(SimParams(capacity=8, time_scale=0.0))
+        worker = Worker(WorkerConfig(nats_url=server.url, model="general", replica="r0",
+                                     engine="sim", max_inflight=8, fetch_batch=8,
+                                     max_queue_delay=0.0), engine)
+        task = asyncio.ensure_future(worker.run())
+        try:
+            await asyncio.wait_for(worker.ready.wait(), 60)
+            client = await Client.connect(server.url)
+            await served(client)
+            gate = asyncio.Semaphore(8)
+            chunks = 0
+
+            async def one(i: int) -> None:
+                nonlocal chunks
+                async with gate:
+                    async for _ in client.stream(request(i, tokens), timeout=60):
+                        chunks += 1
+
+            await asyncio.gather(*(one(i) for i in range(16)))  # warm up
+            chunks = 0
+            assert server.process is not None
+            pids: dict[str, int | str] = {"client + worker": "self", "nats-server": server.process.pid,
+                                          "router": router.pid}
+            before = {k: _cpu_seconds(p) for k, p in pids.items()}
+            started = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(requests)))
+            wall = time.perf_counter() - started
+            used = {k: _cpu_seconds(p) - before[k] for k, p in pids.items()}
+            await client.close()
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 60)
+            group.stop()
+    per = ", ".join(f"{k} {v / chunks * 1e6:.0f}" for k, v in used.items())
+    return (f"{chunks} chunks in {wall:.2f} s (8 streams, {tokens} tokens each, sim engine with "
+            f"zero delays); CPU per chunk, µs: {per}; load average {os.getloadavg()[0]:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--load", type=int, default=0,
                         help="then this many requests 8 at a time (64 tokens): the refill")
+    parser.add_argument("--cpu-per-chunk", action="store_true",
+                        help="instead: CPU per streamed chunk of each process (client + worker, "
+                             "nats-server, router)")
     parser.add_argument("--router-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nats-url", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.router_child:
         return router_child(args.nats_url, args.out)
+    if args.cpu_per_chunk:
+        print(uvloop.run(cpu_per_chunk()))
+        return 0
     load = os.getloadavg()[0]
     rows, direct = uvloop.run(run(args.requests, args.load))
     print(f"load average at start {load:.2f}")
