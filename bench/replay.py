@@ -15,7 +15,7 @@
 4. With --live: a slice of the trace through a real local fabric (embedded nats-server,
    simulated workers in their own processes), one router and then three.
 
-Run: make bench-replay  (or python -m bench.replay [--live])
+Run: make bench-replay  (or python -m bench.replay [--live] [--no-save] [--choice-only])
 """
 
 from __future__ import annotations
@@ -154,8 +154,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="replay only the first N Mooncake requests")
     parser.add_argument("--live", action="store_true", help="also replay a slice through a local fabric")
     parser.add_argument("--live-requests", type=int, default=600)
+    parser.add_argument("--no-save", action="store_true",
+                        help="print the results only; leave bench/results.md as it is")
+    parser.add_argument("--choice-only", action="store_true",
+                        help="only the replica choice times (implies --no-save)")
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.choice_only:
+        speed = saturation_speed(read_trace(TRACE), ReplayConfig(replicas=8, cache_blocks=4096))
+        choice_times(read_trace(TRACE), (4, 64, 1024), speed)
+        print(f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        return
     mooncake = read_trace(TRACE, args.limit)
     base = ReplayConfig(replicas=8, cache_blocks=4096)
     speed_m, moon = run_workload("mooncake", mooncake, base)
@@ -243,7 +252,8 @@ def main() -> None:
             md.append(f"| {name} | {r.answered}/{r.requests} | {r.hit_rate:.2%} | {r.ttft_mean:.3f} s | "
                       f"{r.ttft_p50:.3f} s | {r.ttft_p99:.3f} s | {r.assigned_max_over_mean:.2f} |")
     text = "\n".join(md)
-    write_section("replay", text)
+    if not args.no_save:
+        write_section("replay", text)
     print(text)
 
 
