@@ -227,6 +227,8 @@ class Client:
                     async with asyncio.timeout(tick):
                         msg = await replies.get()
                 except TimeoutError:
+                    if self.nc.is_closed:  # closed under us: nothing more will arrive
+                        raise nats.errors.ConnectionClosedError from None
                     silence += tick
                     now = self._reconnects()
                     if now != noticed:

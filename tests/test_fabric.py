@@ -7,7 +7,7 @@ import asyncio
 import nats
 import pytest
 
-from fabric.client import FabricError, chat
+from fabric.client import Client, FabricError, chat
 from subjects import codec
 from subjects.messages import ErrorReply, Heartbeat
 from subjects.settings import replica_bucket_config
@@ -197,3 +197,21 @@ async def test_a_reply_for_a_finished_request_is_dropped(fabric, client):
     answer = await client.complete(chat("still fine", max_tokens=2), timeout=10)
     assert answer.completion_tokens == 2
     assert replies.empty()
+
+
+async def test_a_waiting_stream_ends_when_its_client_closes(fabric, nats_server, prefix):
+    """No reply will come on a closed connection: the stream says so instead of waiting."""
+    await fabric.router()
+    # A long prompt at a slow prefill: no chunk for seconds.
+    await fabric.worker("general", "r0", engine=SimEngine(SimParams(time_scale=1000.0)),
+                        grace_seconds=0.2, warmup=False)
+    await fabric.wait_for_replicas(1)
+    client = await Client.connect(nats_server.url, prefix)
+    stream = client.stream(chat("x" * 2000, max_tokens=2), timeout=30, retry_after=0.2, retries=0)
+    waiting = asyncio.ensure_future(stream.__anext__())
+    await wait_until(lambda: bool(client._replies._waiting))  # its reply subject is taken
+    await client.nc.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await asyncio.wait_for(waiting, 5)
+    await stream.aclose()
+    assert client._replies._waiting == {}
