@@ -209,11 +209,12 @@ class Client:
             # later than the connection it came on (nats-py hands a message read just before
             # a disconnect to its callback after the reconnect has been counted).
             sent_in = self._reconnects()  # when the current id was first sent
+            running: tuple[str, int] | None = None  # (replica, attempt) of the run being read
             probed = sent_in  # epoch of the last same-id send after a reconnect
             noticed = sent_in  # the last reconnect whose silence we started counting afresh
 
             async def resubmit() -> None:
-                nonlocal current, sends, resubmits, accepted, silence, sent_in, probed, noticed
+                nonlocal current, sends, resubmits, accepted, silence, sent_in, probed, noticed, running
                 resubmits += 1
                 self.resubmits_sent += 1
                 await self.cancel(current.id or "")
@@ -221,6 +222,7 @@ class Client:
                 await self._send(current, inbox, durable, timeout)
                 sends, accepted, silence = 1, durable, 0.0
                 sent_in = probed = noticed = self._reconnects()
+                running = None
 
             while True:
                 try:
@@ -266,6 +268,12 @@ class Client:
                         accepted = True  # our own earlier send got through
                         continue
                     raise FabricError(reply)
+                run = (reply.replica, reply.attempt)
+                if running is not None and run != running and reply.seq != 0:
+                    # The same work delivered again (a run outlived its ack_wait) and
+                    # another run has started over since: follow that one, not both.
+                    continue
+                running = run
                 if reply.seq == 0 and expected > 0 and not reply.restarted:
                     # A new attempt the worker could not know was one (a resubmission, or
                     # work moved to another replica with a fresh delivery count).

@@ -226,6 +226,9 @@ class Chunk(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="c", omi
 
     The final chunk has a ``finish_reason`` and ``usage``. ``restarted`` is set on the
     first chunk of a redelivered request: the client discards what it had so far.
+    ``replica`` and ``attempt`` (the work message's JetStream delivery count) name the run
+    that made the chunk: when a slow run outlives its ack_wait, JetStream delivers the same
+    work again and two runs stream at once; the client follows the newest one.
     """
 
     request_id: str
@@ -236,6 +239,7 @@ class Chunk(msgspec.Struct, frozen=True, array_like=True, gc=False, tag="c", omi
     restarted: bool = False
     model: str = ""
     replica: str = ""
+    attempt: int = 0
 
     @property
     def final(self) -> bool:

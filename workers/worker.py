@@ -394,7 +394,7 @@ class Worker:
                     buffered.clear()
                     await self.nc.publish(item.reply, codec.encode_reply(Chunk(
                         rid, seq, text, restarted=restarted and seq == 0,
-                        model=model, replica=replica)))
+                        model=model, replica=replica, attempt=deliveries)))
                     seq += 1
                     sent_at = now
                     continue
@@ -408,7 +408,7 @@ class Worker:
                 text = "".join(buffered) + delta.text
                 await self.nc.publish(item.reply, codec.encode_reply(Chunk(
                     rid, seq, text, delta.finish_reason, usage,
-                    restarted=restarted and seq == 0, model=model, replica=replica)))
+                    restarted=restarted and seq == 0, model=model, replica=replica, attempt=deliveries)))
                 self.metrics.finished(time.perf_counter() - started, delta.completion_tokens,
                                       delta.cached_tokens, delta.prompt_tokens, ttft=ttft)
                 self.completed += 1
