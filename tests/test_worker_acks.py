@@ -229,8 +229,13 @@ async def test_undecodable_message_is_terminated_answered_and_counted(fabric, cl
     await wait_until(lambda: worker.poisoned == 1)
     assert sample(worker, "slm_worker_outcomes_total", outcome="poison") == 1
     assert sample(worker, "slm_worker_acks_total", kind="term") == 1
-    info = await queue.consumer_info()
-    assert info.num_ack_pending == 0 and info.num_redelivered == 0  # terminated: never again
+
+    async def ack_pending() -> int:
+        return int((await queue.consumer_info()).num_ack_pending)
+
+    # The term travels on the worker's connection, this query on the client's.
+    await settles_to(ack_pending, 0)
+    assert (await queue.consumer_info()).num_redelivered == 0  # terminated: never again
     # The worker keeps serving well-formed work.
     got = await replies(await queue.put(chat("hello", max_tokens=2), "after-poison"))
     assert isinstance(got[-1], Chunk) and got[-1].final
