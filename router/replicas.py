@@ -67,8 +67,6 @@ class ReplicaSettings(msgspec.Struct, frozen=True, kw_only=True):
     # that allowance is over the (1 + epsilon) × mean bound, not on top of the floor below.
     move_cost: float = 12.0
     free_move_tokens: int = 3072
-    # … and never by more than this × the bound (0: no cap).
-    move_cap: float = 0.0
     # Any replica may hold this many typical requests (the fleet's mean weight) whatever
     # the mean: below that, load is noise, not a hot spot.
     floor_requests: float = 2.0
@@ -162,8 +160,6 @@ def choose_affinity(ctx: RoutingContext, fleet: Fleet,
         allowance = above_mean + settings.move_cost * kept if kept > 0 else above_mean
         if allowance < bound:
             allowance = bound
-        if settings.move_cap > 0 and allowance > bound * (1.0 + settings.move_cap):
-            allowance = bound * (1.0 + settings.move_cap)
         for name in (sticky_apart, *holders) if sticky_apart is not None else holders:
             load = usable.get(name)
             if load is None or load.requests >= load.limit or load.weight > allowance:

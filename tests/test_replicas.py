@@ -476,8 +476,6 @@ def reference_choice(c: RoutingContext, fleet, s: ReplicaSettings):
     warm = ([sticky] if sticky is not None and sticky not in holders else []) + list(holders)
     kept = (matched - common) * BLOCK_TOKENS - s.free_move_tokens
     allowance = max(above_mean + s.move_cost * max(kept, 0), bound)
-    if s.move_cap > 0:
-        allowance = min(allowance, bound * (1 + s.move_cap))
     ranked = []
     for name in warm:
         load = usable.get(name)
@@ -520,7 +518,7 @@ def reference_choice(c: RoutingContext, fleet, s: ReplicaSettings):
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 10**6), replicas=st.integers(1, 40), capacity=st.integers(1, 8),
        s=st.builds(ReplicaSettings, load_epsilon=st.sampled_from([0.0, 0.1, 0.3]),
-                   move_cap=st.sampled_from([0.0, 0.2]), fallbacks=st.integers(0, 2),
+                   fallbacks=st.integers(0, 2),
                    ring_choices=st.integers(1, 5), free_move_tokens=st.sampled_from([0, 3072])))
 def test_choose_affinity_gives_exactly_the_plain_rules_answer(seed, replicas, capacity, s):
     table, fleet = fleet_of(replicas, capacity=capacity)
