@@ -10,10 +10,11 @@
  *   ScanTable(translate, entries, lexicon_lanes, class_lanes, bigram_head, bigram_tail)
  *     the word/bigram table, built once from router/context.py's WordTable (a key is a
  *     word, or two words joined by one space; its value (lexicon mask, class weights));
- *     .set_cues(...) adds what router/scorer.py's safety cues read from the words.
+ *     .set_cues(...) adds what router/scorer.py's safety cues read from the words,
+ *     .set_markers(...) what router/context.py's code markers look for.
  *   read_prompt(parts, table, head, tail) -> a TextView tuple: the window's two ends
  *     encoded from the prompt's strings as stored (never joined), the UTF-8 length, and
- *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts)
+ *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)
  *   utf8_length(text), block_hashes(parts, digest, block_chars, max_blocks)
  *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
  *   ClassModel(...), class_scores(model, lanes, text_features, signals, cue_sums)
@@ -43,6 +44,7 @@
 #define MAX_CLASS_LANES 6
 #define INLINE_KEY 26
 #define STACK_WORDS 512
+#define MAX_WINDOW_LOWERED 4096 /* code markers lowercase a window this long on the stack */
 
 /* One slot of the table: a cache line. A lookup that hits reads this line only: the key
  * sits in it (words and bigrams are short; a longer key is kept in ScanTable.keys and
@@ -64,6 +66,14 @@ static inline const char *entry_key(const Entry *e, const char *keys) {
     return keys + offset;
 }
 
+/* A short list of short byte strings (a marker's texts), back to back in one buffer. */
+#define MAX_TEXTS 32
+typedef struct {
+    Py_ssize_t count;
+    Py_ssize_t offset[MAX_TEXTS + 1]; /* text k is bytes[offset[k] .. offset[k + 1]) */
+    unsigned char *bytes;
+} Texts;
+
 typedef struct {
     PyObject_HEAD
     unsigned char translate[256];
@@ -83,6 +93,12 @@ typedef struct {
     int target_count;
     Py_ssize_t cue_words;    /* verbs and groups are looked for in the first words only */
     Py_ssize_t reach;        /* ... and a verb's target within this many words after it */
+    /* The code markers (set_markers; router/context.py's python_code_markers owns them). */
+    int markers_set;
+    Texts stack_texts, error_texts, suffixes, error_words;
+    int error_lane, suffix_lane, keyword_lane, ask_verb_lane, ask_object_lane;
+    long marker_bits[6]; /* fence, stack trace, compiler error, file path, keywords, code ask */
+    Py_ssize_t ask_words, ask_reach;
 } ScanTable;
 
 /* FNV-1a, 64-bit: byte at a time, but words are short and it streams, so a bigram's
@@ -103,6 +119,10 @@ static inline uint64_t nonzero(uint64_t h) { return h ? h : 1; }
 static void ScanTable_dealloc(ScanTable *self) {
     PyMem_Free(self->slots_memory);
     PyMem_Free(self->keys);
+    PyMem_Free(self->stack_texts.bytes);
+    PyMem_Free(self->error_texts.bytes);
+    PyMem_Free(self->suffixes.bytes);
+    PyMem_Free(self->error_words.bytes);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -371,10 +391,168 @@ static PyObject *ScanTable_set_cues(ScanTable *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- code markers: router/context.py's python_code_markers, from the words' masks ---- */
+
+/* `tuple` (of bytes) into `out`; 0, or -1 with an exception naming `what`. */
+static int read_texts(PyObject *tuple, Texts *out, const char *what) {
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) > MAX_TEXTS) {
+        PyErr_Format(PyExc_ValueError, "set_markers: %s must be a tuple of at most %d bytes", what, MAX_TEXTS);
+        return -1;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(tuple), total = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *text = PyTuple_GET_ITEM(tuple, k);
+        if (!PyBytes_Check(text) || PyBytes_GET_SIZE(text) == 0) {
+            PyErr_Format(PyExc_ValueError, "set_markers: %s must hold non-empty bytes", what);
+            return -1;
+        }
+        total += PyBytes_GET_SIZE(text);
+    }
+    unsigned char *bytes = PyMem_Malloc(total ? total : 1);
+    if (!bytes) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(out->bytes);
+    out->bytes = bytes;
+    out->count = count;
+    out->offset[0] = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *text = PyTuple_GET_ITEM(tuple, k);
+        memcpy(bytes + out->offset[k], PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text));
+        out->offset[k + 1] = out->offset[k] + PyBytes_GET_SIZE(text);
+    }
+    return 0;
+}
+
+/* ScanTable.set_markers(stack_texts, error_texts, suffixes, error_words, lanes, bits,
+ * ask_words, ask_reach): router.context.marker_settings() names each. */
+static PyObject *ScanTable_set_markers(ScanTable *self, PyObject *args) {
+    PyObject *stack_texts, *error_texts, *suffixes, *error_words;
+    int lanes[5];
+    long bits[6];
+    Py_ssize_t ask_words, ask_reach;
+    if (!PyArg_ParseTuple(args, "OOOO(iiiii)(llllll)nn", &stack_texts, &error_texts, &suffixes, &error_words,
+                          &lanes[0], &lanes[1], &lanes[2], &lanes[3], &lanes[4], &bits[0], &bits[1], &bits[2],
+                          &bits[3], &bits[4], &bits[5], &ask_words, &ask_reach))
+        return NULL;
+    for (int k = 0; k < 5; k++)
+        if (lanes[k] < 0 || lanes[k] >= self->lexicon_lanes) {
+            PyErr_Format(PyExc_ValueError, "set_markers: lane %d is not one of the table's %d lexicon lanes",
+                         lanes[k], self->lexicon_lanes);
+            return NULL;
+        }
+    if (ask_words < 0 || ask_reach < 0) {
+        PyErr_SetString(PyExc_ValueError, "set_markers: ask_words and ask_reach must be >= 0");
+        return NULL;
+    }
+    if (read_texts(stack_texts, &self->stack_texts, "stack_texts") || read_texts(error_texts, &self->error_texts, "error_texts") ||
+        read_texts(suffixes, &self->suffixes, "suffixes") || read_texts(error_words, &self->error_words, "error_words"))
+        return NULL;
+    self->error_lane = lanes[0];
+    self->suffix_lane = lanes[1];
+    self->keyword_lane = lanes[2];
+    self->ask_verb_lane = lanes[3];
+    self->ask_object_lane = lanes[4];
+    memcpy(self->marker_bits, bits, sizeof bits);
+    self->ask_words = ask_words;
+    self->ask_reach = ask_reach;
+    self->markers_set = 1;
+    Py_RETURN_NONE;
+}
+
+/* The first index >= from where `needle` starts in `hay`, or -1 (bytes.find). */
+static Py_ssize_t find_bytes(const unsigned char *hay, Py_ssize_t n, Py_ssize_t from, const unsigned char *needle,
+                             Py_ssize_t m) {
+    for (Py_ssize_t i = from; i + m <= n; i++) {
+        const unsigned char *at = memchr(hay + i, needle[0], (size_t)(n - m - i + 1));
+        if (!at) return -1;
+        i = at - hay;
+        if (memcmp(at, needle, (size_t)m) == 0) return i;
+    }
+    return -1;
+}
+
+static int any_text_in(const Texts *texts, const unsigned char *hay, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < texts->count; k++)
+        if (find_bytes(hay, n, 0, texts->bytes + texts->offset[k], texts->offset[k + 1] - texts->offset[k]) >= 0)
+            return 1;
+    return 0;
+}
+
+static inline int ascii_alnum(unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* context._has_source_path: a suffix right after a letter or digit and not followed by
+ * one. As there, a suffix first found at index 0 ends the search for that suffix. */
+static int has_source_path(const Texts *suffixes, const unsigned char *w, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < suffixes->count; k++) {
+        const unsigned char *suffix = suffixes->bytes + suffixes->offset[k];
+        Py_ssize_t m = suffixes->offset[k + 1] - suffixes->offset[k];
+        Py_ssize_t at = find_bytes(w, n, 0, suffix, m);
+        while (at > 0) {
+            Py_ssize_t end = at + m;
+            if (ascii_alnum(w[at - 1]) && (end == n || !ascii_alnum(w[end]))) return 1;
+            at = find_bytes(w, n, end, suffix, m);
+        }
+    }
+    return 0;
+}
+
+/* The window's CodeMarker bits: `raw` as read, `text` translated (its words), each
+ * word's lexicon mask, `present` the lanes that fired. */
+static long code_markers(const ScanTable *t, const unsigned char *raw, const unsigned char *text, Py_ssize_t n,
+                         const Word *words, Py_ssize_t count, uint32_t present) {
+    static const unsigned char fence[3] = {'`', '`', '`'};
+    long markers = find_bytes(raw, n, 0, fence, 3) >= 0 ? t->marker_bits[0] : 0;
+    int error = present >> t->error_lane & 1, suffix = present >> t->suffix_lane & 1;
+    if (error || suffix) {
+        unsigned char stack_lowered[MAX_WINDOW_LOWERED];
+        unsigned char *lowered = n <= MAX_WINDOW_LOWERED ? stack_lowered : PyMem_Malloc(n ? n : 1);
+        if (!lowered) return -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned char c = raw[i];
+            lowered[i] = c >= 'A' && c <= 'Z' ? c + 32 : c; /* bytes.lower(): ASCII only */
+        }
+        if (error) {
+            if (any_text_in(&t->stack_texts, lowered, n)) markers |= t->marker_bits[1];
+            int compiler = any_text_in(&t->error_texts, lowered, n);
+            for (Py_ssize_t i = 0; i < count && !compiler; i++) {
+                if (!(words[i].mask >> t->error_lane & 1)) continue;
+                for (Py_ssize_t k = 0; k < t->error_words.count && !compiler; k++)
+                    compiler = words[i].length == t->error_words.offset[k + 1] - t->error_words.offset[k] &&
+                               memcmp(text + words[i].start, t->error_words.bytes + t->error_words.offset[k],
+                                      (size_t)words[i].length) == 0;
+            }
+            if (compiler) markers |= t->marker_bits[2];
+        }
+        if (suffix && has_source_path(&t->suffixes, lowered, n)) markers |= t->marker_bits[3];
+        if (lowered != stack_lowered) PyMem_Free(lowered);
+    }
+    if (present >> t->keyword_lane & 1) markers |= t->marker_bits[4];
+    if ((present >> t->ask_verb_lane & 1) && (present >> t->ask_object_lane & 1)) {
+        Py_ssize_t head = count < t->ask_words ? count : t->ask_words;
+        for (Py_ssize_t i = 0; i < head; i++) {
+            if (!(words[i].mask >> t->ask_verb_lane & 1)) continue;
+            for (Py_ssize_t j = i + 1; j < head && j <= i + t->ask_reach; j++)
+                if (words[j].mask >> t->ask_object_lane & 1) {
+                    markers |= t->marker_bits[5];
+                    i = head;
+                    break;
+                }
+        }
+    }
+    return markers;
+}
+
 static PyMethodDef ScanTable_methods[] = {
     {"set_cues", (PyCFunction)ScanTable_set_cues, METH_VARARGS,
      "set_cues(alarming, violent, crime, targets, group, person, cue_words, reach): scan() then returns "
      "the safety cues' word facts for alarming windows"},
+    {"set_markers", (PyCFunction)ScanTable_set_markers, METH_VARARGS,
+     "set_markers(stack_texts, error_texts, suffixes, error_words, lanes, bits, ask_words, ask_reach): "
+     "what scan() reads the code markers with (router.context.marker_settings)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -398,8 +576,8 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                        PyBytes_GET_SIZE(args[0]));
 }
 
-/* The window's counts, sums and cue facts: (lanes, word_count, features, alnum, digits,
- * spaces, cue_facts). */
+/* The window's counts, sums, cue facts and code markers: (lanes, word_count, features,
+ * alnum, digits, spaces, cue_facts, code_markers); code_markers is None until set_markers. */
 static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ssize_t n) {
     /* Scratch: the translated window, the words, and the per-call set of distinct words
      * (open addressing over word indexes + 1). On the stack for the usual window. */
@@ -497,6 +675,18 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
         if (!cues) goto fail_scratch;
     }
 
+    PyObject *markers = Py_None;
+    Py_INCREF(markers);
+    if (t->markers_set) {
+        long bits = code_markers(t, raw, text, n, words, word_count, present);
+        Py_DECREF(markers);
+        markers = bits < 0 ? PyErr_NoMemory() : PyLong_FromLong(bits);
+        if (!markers) {
+            Py_DECREF(cues);
+            goto fail_scratch;
+        }
+    }
+
     Py_ssize_t features;
     if (word_count > t->bigram_head) {
         add_bigrams(t, text, words, 0, t->bigram_head, sums);
@@ -515,6 +705,7 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
     PyObject *lanes = PyTuple_New(t->lexicon_lanes + t->class_lanes);
     if (!lanes) {
         Py_DECREF(cues);
+        Py_DECREF(markers);
         return NULL;
     }
     for (int k = 0; k < t->lexicon_lanes; k++) {
@@ -529,10 +720,11 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
     }
     /* Built by hand: Py_BuildValue parses its format string on every call. */
     Py_ssize_t counts[5] = {word_count, features, n - separators, digits, spaces};
-    PyObject *result = PyTuple_New(7);
+    PyObject *result = PyTuple_New(8);
     if (!result) goto fail;
     PyTuple_SET_ITEM(result, 0, lanes);
     PyTuple_SET_ITEM(result, 6, cues);
+    PyTuple_SET_ITEM(result, 7, markers);
     for (int k = 0; k < 5; k++) {
         PyObject *v = PyLong_FromSsize_t(counts[k]);
         if (!v) {
@@ -545,6 +737,7 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
 fail:
     Py_DECREF(lanes);
     Py_DECREF(cues);
+    Py_DECREF(markers);
     return NULL;
 fail_scratch:
     if (heap) {
@@ -864,7 +1057,7 @@ static inline Py_ssize_t utf8_extra(const Segment *g) { return utf8_extra_of(g->
 
 /* read_prompt(parts, table, head, tail) -> the TextView tuple of router/context.py:
  * (parts, chars, utf8_bytes, window, word_count, features, lanes, alnum, digits, spaces,
- * cue_facts). The window is the prompt's UTF-8 when it is at most head + 1 + tail bytes,
+ * cue_facts, code_markers). The window is the prompt's UTF-8 when it is at most head + 1 + tail bytes,
  * else its first `head` bytes, b"\n" and its last `tail` bytes; only those ends are ever
  * encoded, and the parts are never joined. The Python it mirrors: context.read_parts. */
 static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -903,7 +1096,7 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
     free_segments(segments, stack_segments);
     PyObject *scanned = scan_window((const ScanTable *)args[1], window, n);
     if (!scanned) return NULL;
-    PyObject *result = PyTuple_New(11);
+    PyObject *result = PyTuple_New(12);
     PyObject *raw = PyBytes_FromStringAndSize((const char *)window, n);
     PyObject *chars_obj = PyLong_FromSsize_t(chars), *utf8_obj = PyLong_FromSsize_t(utf8);
     if (!result || !raw || !chars_obj || !utf8_obj) {
@@ -914,7 +1107,7 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         Py_DECREF(scanned);
         return NULL;
     }
-    /* scanned: (lanes, word_count, features, alnum, digits, spaces, cue_facts) */
+    /* scanned: (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers) */
     PyTuple_SET_ITEM(result, 0, Py_NewRef(parts));
     PyTuple_SET_ITEM(result, 1, chars_obj);
     PyTuple_SET_ITEM(result, 2, utf8_obj);
@@ -922,7 +1115,7 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
     PyTuple_SET_ITEM(result, 4, Py_NewRef(PyTuple_GET_ITEM(scanned, 1)));
     PyTuple_SET_ITEM(result, 5, Py_NewRef(PyTuple_GET_ITEM(scanned, 2)));
     PyTuple_SET_ITEM(result, 6, Py_NewRef(PyTuple_GET_ITEM(scanned, 0)));
-    for (int k = 3; k < 7; k++) PyTuple_SET_ITEM(result, k + 4, Py_NewRef(PyTuple_GET_ITEM(scanned, k)));
+    for (int k = 3; k < 8; k++) PyTuple_SET_ITEM(result, k + 4, Py_NewRef(PyTuple_GET_ITEM(scanned, k)));
     Py_DECREF(scanned);
     return result;
 }
@@ -1209,14 +1402,14 @@ static PyTypeObject ScanTableType = {
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts)"},
+     "scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)"},
     {"utf8_length", (PyCFunction)utf8_length, METH_O,
      "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
     {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
      "block_hashes(parts, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
     {"read_prompt", (PyCFunction)(void (*)(void))read_prompt, METH_FASTCALL,
      "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
-     "lanes, alnum, digits, spaces, cue_facts)"},
+     "lanes, alnum, digits, spaces, cue_facts, code_markers)"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,

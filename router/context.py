@@ -338,6 +338,7 @@ class WordTable(dict[Union[bytes, tuple[bytes, bytes]], int]):
             entries[text] = (mask, lanes[LEXICON_LANES:])
         self.native = _ScanTable(_WORD_BYTES, entries, LEXICON_LANES, CLASS_LANES,
                                  BIGRAM_HEAD_WORDS, BIGRAM_TAIL_WORDS)
+        self.native.set_markers(*marker_settings())
         return self
 
     def __setitem__(self, key: bytes | tuple[bytes, bytes], value: int) -> None:
@@ -401,9 +402,6 @@ def split_lanes(total: int) -> tuple[int, ...]:
     return _LANES.unpack(((total + _BIAS) ^ _BIAS).to_bytes(_LANES.size, "little"))
 
 
-LEXICON_TABLE.seal()
-
-
 class TextView(NamedTuple):
     """The prompt as the policy reads it, computed once per request.
 
@@ -427,6 +425,8 @@ class TextView(NamedTuple):
     # The word facts router.scorer.safety_cues reads, from the C pass for an alarming
     # window of a table set up for them (Scorer): see scorer.cue_facts. None otherwise.
     cue_facts: Any
+    # The window's CodeMarker bits (python_code_markers; the C pass computes the same).
+    code_markers: int
 
     @property
     def text(self) -> str:
@@ -485,7 +485,7 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_view_tokens(view: TextView) -> int:
-    _, chars, utf8_bytes, window, words, _, _, alnum, digits, spaces, _ = view  # one unpack: no per-field reads
+    _, chars, utf8_bytes, window, words, _, _, alnum, digits, spaces, _, _ = view  # one unpack: no per-field reads
     size = len(window)
     punct = size - alnum - spaces
     in_window = (TOKENS_PER_ALNUM * alnum + TOKENS_PER_WORD * words
@@ -582,13 +582,14 @@ def python_view(parts: tuple[str, ...], chars: int, utf8_bytes: int, raw: bytes,
         features = len(distinct) + len(words) - 1 if words else 0
     total = sum(map(table.get, keys, _ZEROS))  # every lexicon and class weight at once
     size = len(raw)
+    lanes = _LANES.unpack(((total + _BIAS) ^ _BIAS).to_bytes(_LANES.size, "little"))  # split_lanes
     return _new_tuple(TextView, (  # TextView(...) would add a Python-level call
-        parts, chars, utf8_bytes, raw, len(words), features,
-        _LANES.unpack(((total + _BIAS) ^ _BIAS).to_bytes(_LANES.size, "little")),  # split_lanes
+        parts, chars, utf8_bytes, raw, len(words), features, lanes,
         size - spaced.count(b" "),  # alnum_bytes
         spaced.count(b"0"),  # digit_bytes
         raw.count(b" ") + raw.count(b"\n"),  # space_bytes
         None,  # cue_facts: router.scorer reads the words instead
+        python_code_markers(raw, words, lanes),
     ))
 
 
@@ -611,37 +612,48 @@ _ERROR, _SOURCE_SUFFIX, _CODE_KEYWORD = int(LexiconLane.ERROR), int(LexiconLane.
 _ASK_VERB, _ASK_OBJECT = int(LexiconLane.ASK_VERB), int(LexiconLane.ASK_OBJECT)
 _JSON_LANE, _JSON_ASK_LANE = int(LexiconLane.JSON), int(LexiconLane.JSON_ASK)
 _SAFETY_LANES = slice(int(LexiconLane.SELF_HARM), int(LexiconLane.SEXUAL) + 1)
-_CODE_LANES = slice(int(LexiconLane.CODE_KEYWORD), int(LexiconLane.ASK_OBJECT) + 1)  # JSON's too: rare
 _TOOLS, _RESPONSE_FORMAT, _JSON_TEXT, _NO_STRUCTURE = (
     Structured.TOOLS, Structured.RESPONSE_FORMAT, Structured.JSON_TEXT, Structured.NONE)
 _LATIN, _NO_HARM = Script.LATIN, SafetyCategory.NONE
 _JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 
-def code_markers(view: TextView) -> int:
-    lanes = view.lanes
-    markers = _FENCE if b"```" in view.window else 0
-    words: list[bytes] | None = None  # split once, and only when a check needs the words
+def marker_settings() -> tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...],
+                                tuple[bytes, ...], tuple[int, ...], tuple[int, ...], int, int]:
+    """``ScanTable.set_markers``' arguments: what ``python_code_markers`` looks for.
+
+    (stack-trace texts, error texts, source suffixes, error words, the lanes (error,
+    source suffix, code keyword, ask verb, ask object), the marker bits (fence, stack
+    trace, compiler error, file path, keywords, code ask), ask words, ask reach)."""
+    return (_STACK_TRACE_TEXT, _ERROR_TEXT, _SOURCE_SUFFIXES, tuple(sorted(_ERROR_BYTES)),
+            (_ERROR, _SOURCE_SUFFIX, _CODE_KEYWORD, _ASK_VERB, _ASK_OBJECT),
+            (_FENCE, _STACK_TRACE, _COMPILER_ERROR, _FILE_PATH, _KEYWORDS, _WRITE_CODE_ASK),
+            _ASK_WORDS, _ASK_REACH)
+
+
+def python_code_markers(window: bytes, words: list[bytes], lanes: tuple[int, ...]) -> int:
+    """The window's CodeMarker bits, from its bytes, its words (``TextView.words``) and
+    its lexicon lanes; each check that needs more than a lane runs only when its lane
+    fired. The reference for router/_scan.c's code_markers (which reads the words'
+    lexicon masks instead of the word lists)."""
+    markers = _FENCE if b"```" in window else 0
     if lanes[_ERROR]:
-        window = view.window.lower()
-        if any(marker in window for marker in _STACK_TRACE_TEXT):
+        lowered = window.lower()
+        if any(marker in lowered for marker in _STACK_TRACE_TEXT):
             markers |= _STACK_TRACE
-        words = view.words
-        if not _ERROR_BYTES.isdisjoint(words) or any(marker in window for marker in _ERROR_TEXT):
+        if not _ERROR_BYTES.isdisjoint(words) or any(marker in lowered for marker in _ERROR_TEXT):
             markers |= _COMPILER_ERROR
-    if lanes[_SOURCE_SUFFIX] and _has_source_path(view.window.lower()):
+    if lanes[_SOURCE_SUFFIX] and _has_source_path(window.lower()):
         markers |= _FILE_PATH
     if lanes[_CODE_KEYWORD]:
         markers |= _KEYWORDS
-    if lanes[_ASK_VERB] and lanes[_ASK_OBJECT]:
-        if words is None:
-            words = view.words
-        if _has_code_ask(words[:_ASK_WORDS]):
-            markers |= _WRITE_CODE_ASK
+    if lanes[_ASK_VERB] and lanes[_ASK_OBJECT] and _has_code_ask(words[:_ASK_WORDS]):
+        markers |= _WRITE_CODE_ASK
     return markers
 
 
 _ERROR_BYTES = frozenset(w.encode() for w in _ERROR_WORDS)
+LEXICON_TABLE.seal()  # here: sealing hands the C copy marker_settings()
 
 
 def _has_code_ask(head: list[bytes]) -> bool:
@@ -781,7 +793,7 @@ def read_signals(request: ChatRequest, view: TextView) -> Signals:
         structured = _NO_STRUCTURE
     return _new_tuple(Signals, (
         estimate_view_tokens(view),  # prompt_tokens
-        code_markers(view) if b"```" in window or any(lanes[_CODE_LANES]) else 0,
+        view.code_markers,
         structured,
         _LATIN if window.isascii() else detect_script(view),
         safety_category(lanes) if any(lanes[_SAFETY_LANES]) else _NO_HARM,

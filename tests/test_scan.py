@@ -53,8 +53,8 @@ def both_ways(data: bytes, table: WordTable) -> tuple[context.TextView, context.
 
 def scanned(data: bytes, table: WordTable) -> context.TextView:
     """The C pass's view of the window ``data``."""
-    lanes, words, features, alnum, digits, spaces, facts = scan.scan(data, table.native)
-    return context.TextView((), 0, 0, data, words, features, lanes, alnum, digits, spaces, facts)
+    lanes, words, features, alnum, digits, spaces, facts, markers = scan.scan(data, table.native)
+    return context.TextView((), 0, 0, data, words, features, lanes, alnum, digits, spaces, facts, markers)
 
 
 def same_cues(view: context.TextView) -> None:
@@ -93,7 +93,15 @@ def test_every_dev_prompt_reads_and_scores_the_same_both_ways() -> None:
 
 # Words the tables know (so lookups hit), separators, digits, non-ASCII and cut UTF-8.
 known = sorted(k for k in shared_scorer().table if isinstance(k, bytes))[:400]
-pieces = st.one_of(st.sampled_from(known), st.binary(max_size=6),
+# The code markers' texts, suffixes and words, cut and in other cases too, so that every
+# marker fires, half-fires and nearly fires ("x.py" and ".py" at the window's start).
+marker_texts, error_texts, suffixes, error_words = context.marker_settings()[:4]
+marker_pieces = [*marker_texts, *error_texts, *suffixes, *error_words, *(t.upper() for t in marker_texts),
+                 *(b"main" + s for s in suffixes), *(b"src/x" + s + b":12" for s in suffixes),
+                 *(s + b"x" for s in suffixes), *(t[: len(t) // 2] for t in marker_texts),
+                 b"write", b"implement", b"function", b"python", b"traceback", b"error", b"Error:",
+                 b"segmentation", b"EXCEPTION in thread", b"\n    at "]
+pieces = st.one_of(st.sampled_from(known), st.binary(max_size=6), st.sampled_from(marker_pieces),
                    st.sampled_from([b" ", b"\n", b"0123", b"\xc3\xa9", b"\xe4\xbd\xa0", b"```", b"."]))
 
 
@@ -347,3 +355,25 @@ def test_a_digest_that_keeps_its_view_cannot_read_freed_memory() -> None:
     assert hashes == python_prefix_hashes(text + "€")
     with pytest.raises(ValueError, match="released"):
         bytes(kept[0])  # released when block_hashes returned, not pointing at freed memory
+
+
+@pytest.mark.parametrize("window", [
+    b".py then main.py",  # a suffix first found at index 0 ends that suffix's search, both ways
+    b"see main.py",
+    b"see main.pyc and .py",
+    b"Traceback (most recent call last):\n  File x",
+    b"TRACEBACK (MOST RECENT CALL LAST)",
+    b"error: expected ';'",
+    b"a TypeError here",
+    b"an error here",
+    b"write me a short python function",
+    b"write " + b"word " * 30 + b"function",  # the object too far from the verb
+    b"fn main() {}\n```rust\n```",
+    b"Exception in thread main java.lang.NullPointerException\n    at Foo.bar(Foo.java:3)",
+])
+def test_code_markers_are_the_same_both_ways(window: bytes) -> None:
+    for table in (shared_scorer().table, LEXICON_TABLE):
+        native, python = both_ways(window, table)
+        assert native.code_markers == python.code_markers == context.python_code_markers(
+            window, python.words, python.lanes)
+    assert both_ways(b"write me a short python function", LEXICON_TABLE)[0].code_markers != 0
