@@ -17,7 +17,7 @@
  *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)
  *   utf8_length(text), block_hashes(parts, digest, block_chars, max_blocks)
  *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
- *   ClassModel(...), class_scores(model, lanes, text_features, signals, cue_sums)
+ *   ClassModel(...), .set_cues(...), class_scores(model, lanes, text_features, signals, cue_sums[, cue_facts])
  *
  * Each must give exactly what the Python code it mirrors gives (router/context.py's
  * read_parts and python_view, utf8_length fallback, python_prefix_hashes, python_script_census;
@@ -1188,6 +1188,29 @@ usage:
 #define CLASSES 5
 #define SIGNAL_GROUPS 6 /* token bucket, structured, script, safety, digits bucket, code markers */
 
+#define MAX_TARGET_BITS 9 /* the target lists and "none" (router.scorer._TARGET_NAMES) */
+#define MAX_SETTINGS 16
+#define MAX_SAFETY_LANES 16
+
+/* The safety cues' weights (ClassModel.set_cues; router/scorer.py's safety_cues names the
+ * keys): each fixed key's class weights, and per-opening weights in dicts keyed by the
+ * opening's bytes ("what is"). */
+typedef struct {
+    int set;
+    int violent, crime, group, private_info, my; /* lanes */
+    int safety[MAX_SAFETY_LANES], safety_count;
+    int settings[MAX_SETTINGS], setting_count;
+    int target_bits;
+    int32_t violent_base[CLASSES], violent_targets[MAX_TARGET_BITS][CLASSES];
+    int32_t crime_base[CLASSES], crime_targets[MAX_TARGET_BITS][CLASSES];
+    int32_t setting_weights[MAX_SETTINGS][CLASSES];
+    int32_t alarm_definition[CLASSES], definition[CLASSES];
+    int32_t group_any[CLASSES], group_people[CLASSES], group_other[CLASSES];
+    int32_t private_plain[CLASSES], private_my[CLASSES];
+    PyObject *definition_openings; /* a set of bytes */
+    PyObject *group_openings, *private_openings, *private_my_openings; /* bytes -> weights */
+} CueWeights;
+
 typedef struct {
     PyObject_HEAD
     double bias[CLASSES];
@@ -1196,10 +1219,15 @@ typedef struct {
     Py_ssize_t sizes[SIGNAL_GROUPS];
     int32_t *weights[SIGNAL_GROUPS]; /* [size][CLASSES] each */
     int32_t question[CLASSES];
+    CueWeights cues;
 } ClassModel;
 
 static void ClassModel_dealloc(ClassModel *self) {
     for (int g = 0; g < SIGNAL_GROUPS; g++) PyMem_Free(self->weights[g]);
+    Py_CLEAR(self->cues.definition_openings);
+    Py_CLEAR(self->cues.group_openings);
+    Py_CLEAR(self->cues.private_openings);
+    Py_CLEAR(self->cues.private_my_openings);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1288,21 +1316,221 @@ static int ClassModel_init(ClassModel *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+/* `count` lane numbers from a sequence into out; -1 with an exception when one is outside
+ * the model's lexicon lanes. */
+static int read_lanes(PyObject *row, int *out, int most, int lexicon_lanes, int *count, const char *what) {
+    PyObject *seq = PySequence_Fast(row, what);
+    if (!seq) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > most) {
+        PyErr_Format(PyExc_ValueError, "%s: at most %d lanes", what, most);
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        long lane = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, k));
+        if (lane < 0 || lane >= lexicon_lanes) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: lane %ld is not a lexicon lane", what, lane);
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[k] = (int)lane;
+    }
+    Py_DECREF(seq);
+    if (count) *count = (int)n;
+    return 0;
+}
+
+/* Rows of CLASSES weights: exactly `n` of them (n < 0: as many as given, at most -n,
+ * their count stored in *count). */
+static int read_rows(PyObject *rows, int32_t (*out)[CLASSES], int n, int *count, const char *what) {
+    PyObject *seq = PySequence_Fast(rows, what);
+    if (!seq) return -1;
+    Py_ssize_t got = PySequence_Fast_GET_SIZE(seq);
+    if (n >= 0 ? got != n : got > -n) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd rows of weights, expected %s%d", what, got, n >= 0 ? "" : "at most ",
+                     n >= 0 ? n : -n);
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (Py_ssize_t r = 0; r < got; r++)
+        if (read_weights(PySequence_Fast_GET_ITEM(seq, r), out[r], what) < 0) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    Py_DECREF(seq);
+    if (count) *count = (int)got;
+    return 0;
+}
+
+/* ClassModel.set_cues(lanes, safety_lanes, setting_lanes, violent, crime, settings, fixed,
+ * definition_openings, group_openings, private_openings, private_my_openings):
+ * router.scorer.Scorer._cue_weights builds them. lanes: (violent, crime, group,
+ * private, my); violent and crime: (base weights, weights per target bit); settings:
+ * weights per setting lane; fixed: (alarm+definition, definition, group, group>people,
+ * group>other, private, private+my) weights. */
+static PyObject *ClassModel_set_cues(ClassModel *self, PyObject *args) {
+    PyObject *lanes, *safety, *settings, *violent_base, *violent_targets, *crime_base, *crime_targets;
+    PyObject *setting_weights, *fixed, *definition_openings, *group_openings, *private_openings, *private_my_openings;
+    if (!PyArg_ParseTuple(args, "OOO(OO)(OO)OOO!O!O!O!", &lanes, &safety, &settings, &violent_base, &violent_targets,
+                          &crime_base, &crime_targets, &setting_weights, &fixed, &PyFrozenSet_Type,
+                          &definition_openings, &PyDict_Type, &group_openings, &PyDict_Type, &private_openings,
+                          &PyDict_Type, &private_my_openings))
+        return NULL;
+    CueWeights *c = &self->cues;
+    int five[5], count, bits, settings_count, fixed_count;
+    int32_t fixed_rows[7][CLASSES];
+    if (read_lanes(lanes, five, 5, self->lexicon_lanes, &count, "set_cues lanes") < 0) return NULL;
+    if (count != 5) {
+        PyErr_SetString(PyExc_ValueError, "set_cues lanes: (violent, crime, group, private, my)");
+        return NULL;
+    }
+    if (read_lanes(safety, c->safety, MAX_SAFETY_LANES, self->lexicon_lanes, &c->safety_count, "set_cues safety") < 0 ||
+        read_lanes(settings, c->settings, MAX_SETTINGS, self->lexicon_lanes, &settings_count, "set_cues settings") < 0 ||
+        read_weights(violent_base, c->violent_base, "set_cues violent") < 0 ||
+        read_rows(violent_targets, c->violent_targets, -MAX_TARGET_BITS, &bits, "set_cues violent targets") < 0 ||
+        read_weights(crime_base, c->crime_base, "set_cues crime") < 0 ||
+        read_rows(crime_targets, c->crime_targets, bits, NULL, "set_cues crime targets") < 0 ||
+        read_rows(setting_weights, c->setting_weights, settings_count, NULL, "set_cues settings weights") < 0 ||
+        read_rows(fixed, fixed_rows, 7, &fixed_count, "set_cues fixed") < 0)
+        return NULL;
+    c->violent = five[0];
+    c->crime = five[1];
+    c->group = five[2];
+    c->private_info = five[3];
+    c->my = five[4];
+    c->setting_count = settings_count;
+    c->target_bits = bits;
+    memcpy(c->alarm_definition, fixed_rows[0], sizeof c->alarm_definition);
+    memcpy(c->definition, fixed_rows[1], sizeof c->definition);
+    memcpy(c->group_any, fixed_rows[2], sizeof c->group_any);
+    memcpy(c->group_people, fixed_rows[3], sizeof c->group_people);
+    memcpy(c->group_other, fixed_rows[4], sizeof c->group_other);
+    memcpy(c->private_plain, fixed_rows[5], sizeof c->private_plain);
+    memcpy(c->private_my, fixed_rows[6], sizeof c->private_my);
+    Py_XSETREF(c->definition_openings, Py_NewRef(definition_openings));
+    Py_XSETREF(c->group_openings, Py_NewRef(group_openings));
+    Py_XSETREF(c->private_openings, Py_NewRef(private_openings));
+    Py_XSETREF(c->private_my_openings, Py_NewRef(private_my_openings));
+    c->set = 1;
+    Py_RETURN_NONE;
+}
+
+static inline void add_row(int64_t *s, const int32_t *w) {
+    for (int k = 0; k < CLASSES; k++) s[k] += w[k];
+}
+
+/* Add the weights `openings` holds for `opening` (none when it holds nothing). */
+static int add_opening(int64_t *s, PyObject *openings, PyObject *opening) {
+    PyObject *w = PyDict_GetItemWithError(openings, opening); /* borrowed */
+    if (!w) return PyErr_Occurred() ? -1 : 0;
+    int32_t row[CLASSES];
+    if (read_weights(w, row, "set_cues openings") < 0) return -1;
+    add_row(s, row);
+    return 0;
+}
+
+static inline long lane_of(PyObject *lanes, int lane) { return PyLong_AsLong(PyTuple_GET_ITEM(lanes, lane)); }
+
+/* router.scorer.safety_cues' keys' summed weights, from the C pass's cue facts
+ * (violent targets, crime targets, word 1, word 2, group names people) and the lanes. */
+static int cue_sums(const CueWeights *c, PyObject *lanes, PyObject *facts, int64_t *s) {
+    if (!PyTuple_Check(facts) || PyTuple_GET_SIZE(facts) != 5) {
+        PyErr_SetString(PyExc_TypeError, "class_scores: cue_facts must be the scan's 5-tuple");
+        return -1;
+    }
+    long violent = PyLong_AsLong(PyTuple_GET_ITEM(facts, 0)), crime = PyLong_AsLong(PyTuple_GET_ITEM(facts, 1));
+    PyObject *first = PyTuple_GET_ITEM(facts, 2), *second = PyTuple_GET_ITEM(facts, 3);
+    int people = PyObject_IsTrue(PyTuple_GET_ITEM(facts, 4));
+    if (PyErr_Occurred() || people < 0) return -1;
+    if ((first != Py_None && !PyBytes_Check(first)) || (second != Py_None && !PyBytes_Check(second)) ||
+        (first == Py_None && second != Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "class_scores: cue_facts' words must be bytes or None");
+        return -1;
+    }
+    int any_verb = 0;
+    if (lane_of(lanes, c->violent)) {
+        any_verb = 1;
+        add_row(s, c->violent_base);
+        for (int b = 0; b < c->target_bits; b++)
+            if (violent >> b & 1) add_row(s, c->violent_targets[b]);
+    }
+    if (lane_of(lanes, c->crime)) {
+        any_verb = 1;
+        add_row(s, c->crime_base);
+        for (int b = 0; b < c->target_bits; b++)
+            if (crime >> b & 1) add_row(s, c->crime_targets[b]);
+    }
+    int harm = any_verb;
+    for (int k = 0; k < c->safety_count && !harm; k++) harm = lane_of(lanes, c->safety[k]) != 0;
+    int group = lane_of(lanes, c->group) != 0, private_info = lane_of(lanes, c->private_info) != 0;
+    /* The opening: words 1 and 2 ("what is"), word 1 alone, or nothing. */
+    PyObject *opening = NULL;
+    if (second != Py_None) {
+        Py_ssize_t a = PyBytes_GET_SIZE(first), b = PyBytes_GET_SIZE(second);
+        opening = PyBytes_FromStringAndSize(NULL, a + 1 + b);
+        if (!opening) return -1;
+        char *o = PyBytes_AS_STRING(opening);
+        memcpy(o, PyBytes_AS_STRING(first), (size_t)a);
+        o[a] = ' ';
+        memcpy(o + a + 1, PyBytes_AS_STRING(second), (size_t)b);
+    } else {
+        opening = first == Py_None ? PyBytes_FromStringAndSize("", 0) : Py_NewRef(first);
+        if (!opening) return -1;
+    }
+    int definition = 0;
+    if (second != Py_None) {
+        definition = PySet_Contains(c->definition_openings, opening);
+        if (definition < 0) goto fail;
+    }
+    if (harm) {
+        for (int k = 0; k < c->setting_count; k++)
+            if (lane_of(lanes, c->settings[k])) add_row(s, c->setting_weights[k]);
+        if (definition) add_row(s, c->alarm_definition);
+    }
+    if (definition) add_row(s, c->definition);
+    if (group) {
+        add_row(s, c->group_any);
+        if (add_opening(s, c->group_openings, opening) < 0) goto fail;
+        add_row(s, people ? c->group_people : c->group_other);
+    }
+    if (private_info) {
+        int my = lane_of(lanes, c->my) != 0;
+        add_row(s, my ? c->private_my : c->private_plain);
+        if (add_opening(s, my ? c->private_my_openings : c->private_openings, opening) < 0) goto fail;
+    }
+    Py_DECREF(opening);
+    return PyErr_Occurred() ? -1 : 0;
+fail:
+    Py_DECREF(opening);
+    return -1;
+}
+
+static PyMethodDef ClassModel_methods[] = {
+    {"set_cues", (PyCFunction)ClassModel_set_cues, METH_VARARGS,
+     "set_cues(lanes, safety_lanes, setting_lanes, violent, crime, settings, fixed, definition_openings, "
+     "group_openings, private_openings, private_my_openings): class_scores() then sums the safety cues "
+     "itself from the scan's cue facts"},
+    {NULL, NULL, 0, NULL},
+};
+
 static inline int bit_length(long v) { return v <= 0 ? 0 : 64 - __builtin_clzll((unsigned long long)v); }
 
 static PyTypeObject ClassModelType;
 
-/* class_scores(model, lanes, text_features, signals, cue_sums) -> (best, probabilities)
+/* class_scores(model, lanes, text_features, signals, cue_sums[, cue_facts]) -> (best, probabilities)
  *
  * Exactly router.scorer.Scorer.score's arithmetic, in the same order (IEEE doubles, no
  * fused multiply-add: setup.py builds with -ffp-contract=off), so both give the same
- * floats. signals: router.context.Signals; cue_sums: the safety cues' class sums or None. */
+ * floats. signals: router.context.Signals; cue_sums: the safety cues' class sums or None;
+ * cue_facts (a model given set_cues, cue_sums None): the scan's cue facts, from which the
+ * safety cues are summed here. */
 static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 5 || !PyObject_TypeCheck(args[0], &ClassModelType) || !PyTuple_Check(args[1]) ||
+    if ((nargs != 5 && nargs != 6) || !PyObject_TypeCheck(args[0], &ClassModelType) || !PyTuple_Check(args[1]) ||
         !PyTuple_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "class_scores(model: ClassModel, lanes: tuple, text_features, signals: tuple, cue_sums)");
+        PyErr_SetString(PyExc_TypeError, "class_scores(model: ClassModel, lanes: tuple, text_features, "
+                                         "signals: tuple, cue_sums[, cue_facts])");
         return NULL;
     }
     const ClassModel *m = (const ClassModel *)args[0];
@@ -1336,6 +1564,12 @@ static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_
         }
         for (int k = 0; k < CLASSES; k++) s[k] += PyLong_AsLong(PyTuple_GET_ITEM(cues, k));
         if (PyErr_Occurred()) return NULL;
+    } else if (nargs == 6 && args[5] != Py_None) {
+        if (!m->cues.set) {
+            PyErr_SetString(PyExc_ValueError, "class_scores: cue_facts given to a model without set_cues");
+            return NULL;
+        }
+        if (cue_sums(&m->cues, lanes, args[5], s) < 0) return NULL;
     }
     double inv = m->inv_scale, norm = inv / sqrt((double)(features > 1 ? features : 1));
     double z[CLASSES], e[CLASSES], top;
@@ -1386,6 +1620,7 @@ static PyTypeObject ClassModelType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)ClassModel_init,
     .tp_dealloc = (destructor)ClassModel_dealloc,
+    .tp_methods = ClassModel_methods,
 };
 
 static PyTypeObject ScanTableType = {
@@ -1413,7 +1648,7 @@ static PyMethodDef methods[] = {
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,
-     "class_scores(model, lanes, text_features, signals, cue_sums) -> (best, probabilities)"},
+     "class_scores(model, lanes, text_features, signals, cue_sums[, cue_facts]) -> (best, probabilities)"},
     {NULL, NULL, 0, NULL},
 };
 

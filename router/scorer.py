@@ -169,6 +169,10 @@ def safety_cues(view: TextView) -> list[str]:
     settings an alarming prompt names (fiction, history, ...), a definition question, a
     group of people and how the question about it opens ("why should" against "why
     can"), and private details asked about "my" someone.
+
+    router/_scan.c's cue_sums adds up these keys' weights from the cue facts without
+    building them (Scorer._cue_weights): a new key here needs its weight there too, or
+    tests/test_scan.py's C-against-Python scores fail.
     """
     lanes = view.lanes
     facts = view.cue_facts
@@ -362,6 +366,35 @@ class Scorer:
                       self._by_digits, self._by_code)  # class_scores reads them in this order
             self._native = _ClassModel(self._bias, self._inv_scale, LEXICON_LANES,
                                        [[unpack(p) for p in group] for group in groups], unpack(self._question))
+            self._native.set_cues(*self._cue_weights())
+
+    def _cue_weights(self) -> tuple[Any, ...]:
+        """``ClassModel.set_cues``' arguments: the weight of every key ``safety_cues`` can
+        name, by what names it (a lane, a target bit, a setting, a question's opening), so
+        the C twin sums the cues from the scan's cue facts without building the keys."""
+        get = self._signals.get
+
+        def weights(key: str) -> tuple[int, ...]:
+            return unpack(get(key, 0))
+
+        def openings(prefix: str) -> dict[bytes, tuple[int, ...]]:
+            # The opening's words are bytes in the scan; a key holds them decoded with
+            # surrogateescape, which encodes back to the same bytes.
+            return {key[len(prefix):].encode("utf-8", "surrogateescape"): unpack(packed)
+                    for key, packed in self._signals.items() if key.startswith(prefix)}
+
+        return (
+            (_VIOLENT, _CRIME, _GROUP, _PRIVATE, _MY),
+            tuple(range(_SAFETY_LANES.start, _SAFETY_LANES.stop)),
+            tuple(lane for _, lane in _SETTINGS),
+            (weights("#violent"), [weights(f"#violent>{name}") for name in _TARGET_NAMES]),
+            (weights("#crime"), [weights(f"#crime>{name}") for name in _TARGET_NAMES]),
+            [weights(key) for key in _SETTING_KEYS],
+            [weights(key) for key in ("#alarm+definition", "#definition", "#group", "#group>people",
+                                      "#group>other", "#private", "#private+my")],
+            frozenset(first + b" " + second for first, second in _DEFINITION_STARTS),
+            openings("#group@"), openings("#private@"), openings("#private+my@"),
+        )
 
     def _add_british_spellings(self) -> None:
         """Give "summarise" the weights of "summarize": dev.jsonl is spelled the American
@@ -416,15 +449,19 @@ class Scorer:
         """Class probabilities of a request whose view was read with ``self.table``.
 
         The arithmetic runs in C (router/_scan.c's class_scores: the same operations in
-        the same order, so the same floats) when it is built; the safety cues, rare and
-        full of word logic, stay in Python.
+        the same order, so the same floats) when it is built, and so does the sum of the
+        safety cues when the C pass read the window (its cue facts; ``_cue_weights``).
         """
         native = self._native
         if native is None:
             return self.python_score(view, signals)
         lanes = view.lanes
-        cues = unpack(sum(map(self._signals.get, safety_cues(view), _ZEROS))) if alarming(lanes) else None
-        best, probs = _class_scores(native, lanes, view.text_features, signals, cues)
+        facts = view.cue_facts
+        if facts is not None:  # an alarming window read by the C pass: C sums its cues too
+            best, probs = _class_scores(native, lanes, view.text_features, signals, None, facts)
+        else:
+            cues = unpack(sum(map(self._signals.get, safety_cues(view), _ZEROS))) if alarming(lanes) else None
+            best, probs = _class_scores(native, lanes, view.text_features, signals, cues)
         return _new_tuple(Scores, (CLASSES[best], probs[best], probs[_REASONING], probs[_SAFETY], probs))
 
     def python_score(self, view: TextView, signals: Signals) -> Scores:

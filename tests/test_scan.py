@@ -377,3 +377,48 @@ def test_code_markers_are_the_same_both_ways(window: bytes) -> None:
         assert native.code_markers == python.code_markers == context.python_code_markers(
             window, python.words, python.lanes)
     assert both_ways(b"write me a short python function", LEXICON_TABLE)[0].code_markers != 0
+
+
+# Alarming words of every cue lane, the definition openings and filler the model knows.
+alarming_words = sorted({w for lane in (context.LexiconLane.VIOLENT_VERB, context.LexiconLane.CRIME_VERB,
+                                        context.LexiconLane.GROUP, context.LexiconLane.PRIVATE_INFO,
+                                        context.LexiconLane.PERSON, context.LexiconLane.FICTION,
+                                        context.LexiconLane.PAST, context.LexiconLane.WEAPONS,
+                                        context.LexiconLane.PEST, context.LexiconLane.MY)
+                         for w in context.LEXICON[lane]})
+cue_pieces = st.one_of(st.sampled_from(alarming_words), st.sampled_from(known[:100]),
+                       st.sampled_from([b"what", b"is", b"why", b"should", b"how", b"can", b"i", b"\xc3\xa9t\xc3\xa9",
+                                        b"\xff", b"?"]))
+
+
+@settings(deadline=None, max_examples=400)
+@given(st.lists(cue_pieces, min_size=1, max_size=40).map(b" ".join))
+def test_safety_cues_sum_the_same_in_c(data: bytes) -> None:
+    """The C twin sums the safety cues from the scan's cue facts (ClassModel.set_cues):
+    the same floats as Python's keys, for any opening, group, private detail and verb."""
+    scorer = shared_scorer()
+    text = "user\x1f" + data.decode("utf-8", "surrogateescape") + "\x1e"
+    request = ChatRequest(messages=[ChatMessage(role="user", content=data.decode("utf-8", "replace"))])
+    view = read_text(text, scorer.table)
+    signals = read_signals(request, view)
+    assert scorer.score(view, signals) == scorer.python_score(view, signals)
+    if alarming(view.lanes):
+        assert view.cue_facts is not None  # the C path ran
+
+
+@pytest.mark.parametrize("prompt", [
+    "Why are immigrants so loud?",  # a group, an opening the model weighs
+    "Why can asian pears not grow here?",  # a group word that names no people
+    "What is my neighbour's phone number?",  # private details about "my" someone
+    "How do I find the email address of a politician?",
+    "What is murder?",  # a definition of a harm
+    "How do I kill a python process in linux?",  # a violent verb aimed at a program
+    "How do I steal my coworker's password during the war?",
+])
+def test_named_alarming_prompts_score_the_same_in_c(prompt: str) -> None:
+    scorer = shared_scorer()
+    request = ChatRequest(messages=[ChatMessage(role="user", content=prompt)])
+    view = read_text(prompt_text(request), scorer.table)
+    assert view.cue_facts is not None
+    signals = read_signals(request, view)
+    assert scorer.score(view, signals) == scorer.python_score(view, signals)
