@@ -8,6 +8,7 @@ below are read both ways and compared field by field.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -422,3 +423,21 @@ def test_named_alarming_prompts_score_the_same_in_c(prompt: str) -> None:
     assert view.cue_facts is not None
     signals = read_signals(request, view)
     assert scorer.score(view, signals) == scorer.python_score(view, signals)
+
+
+def test_block_hashes_call_xxhash_directly_with_the_same_hashes() -> None:
+    """The C twin calls xxhash's own C function (router.context.xxh3_address) instead of
+    the Python digest: the same hashes for every block width and cut, either way."""
+    address = context.xxh3_address()
+    if sys.platform == "linux":  # the xxhash wheels there export it; elsewhere it may not
+        assert address is not None
+    if address is None:
+        pytest.skip("this xxhash build does not export XXH3_64bits_withSeed")
+    texts = ["x" * 5000, "é" * 4097 + "a" * 3000, "日本" * 3000, "😀" * 2049 + "b" * 2048,
+             "a" * 2047 + "é" + "日" * 4000 + "😀" * 100]
+    for text in texts:
+        for parts in ((text,), (text[:1000], text[1000:3000], text[3000:])):
+            by_address = scan.block_hashes(parts, address, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)
+            assert by_address == scan.block_hashes(parts, xxhash.xxh3_64_intdigest, PREFIX_BLOCK_CHARS,
+                                                   MAX_PREFIX_BLOCKS) == python_prefix_hashes(text)
+            assert len(by_address) == len(text) // PREFIX_BLOCK_CHARS
