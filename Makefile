@@ -9,14 +9,17 @@ STAMP  := $(VENV)/.installed
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml setup.py router/_scan.c
+$(STAMP): pyproject.toml setup.py router/_scan.c router/_choice.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	@# The router's C twin is optional for users, but where a C compiler exists it must build:
-	@# otherwise tests/test_scan.py skips itself and a broken router/_scan.c goes unnoticed.
+	@# The router's C twins are optional for users, but where a C compiler exists they must
+	@# build: otherwise tests/test_scan.py and tests/test_choice_twin.py skip themselves and a
+	@# broken router/_scan.c or router/_choice.c goes unnoticed.
 	@if command -v cc >/dev/null 2>&1 && ! $(PY) -c "import router._scan"; then \
 		echo "router/_scan.c did not build; see: $(PY) -m pip install -v -e ." >&2; exit 1; fi
+	@if command -v cc >/dev/null 2>&1 && ! $(PY) -c "import router._choice"; then \
+		echo "router/_choice.c did not build; see: $(PY) -m pip install -v -e ." >&2; exit 1; fi
 	touch $(STAMP)
 
 venv: $(STAMP)  ## make the virtualenv with the package and dev tools

@@ -1,10 +1,13 @@
-"""Builds the optional C accelerator router._scan; everything else is in pyproject.toml.
+"""Builds the optional C accelerators router._scan and router._choice; everything else is
+in pyproject.toml.
 
 ``optional=True``: without a C compiler the install still succeeds and router/context.py
-uses its pure-Python pass (same results, slower).
+and router/replicas.py use their pure-Python code (same results, slower).
 """
 
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("router._scan", ["router/_scan.c"], optional=True,
+                             extra_compile_args=["-O3", "-ffp-contract=off"]),
+                   Extension("router._choice", ["router/_choice.c"], optional=True,
                              extra_compile_args=["-O3", "-ffp-contract=off"])])

@@ -1,0 +1,921 @@
+/*
+ * router._choice: the C twin of replica choice's request path (an optional accelerator,
+ * built by setup.py when a C compiler is there).
+ *
+ *   choose_affinity(ctx, fleet, settings=DEFAULT_SETTINGS) -> candidates
+ *       router/replicas.py's choose_affinity_python, step for step: the placement
+ *       lookup, the warm candidates under their allowance, the ring's candidates under
+ *       the bound, the best three by cost (names break ties), the session first.
+ *   find(memory, hashes, hint=0, session_hash=0) -> (matched, common, holders, sticky)
+ *       router/placement.py's PlacementMemory.find.
+ *   configure(reference, find_reference, default_settings, spill, block_tokens, id_bits)
+ *       called once by router/replicas.py: the Python functions to fall back on and the
+ *       constants the Python code computes.
+ *
+ * Why: in CPython a choice at 64 replicas cost ~5 us at best and ~11 us for the long
+ * Mooncake prompts (a binary search of ~7 probes over two dicts, each probe a few
+ * bytecodes and two dict lookups, then a dozen candidates' attribute reads). Here each
+ * probe is two dict lookups and each attribute read of a __slots__ object (ReplicaLoad,
+ * RoutingContext, the ring, the placement memory) is a load at an offset found once.
+ *
+ * It reads the same Python objects the Python code reads (no copy of the state to keep
+ * in step), makes the same float operations in the same order (compiled with
+ * -ffp-contract=off: no fused multiply-add), and compares ints exactly. Whatever it does
+ * not expect (an int past 2**53, a type that is not the plain one, a negative walk) sends
+ * the call to the Python reference, which then gives the answer or raises as it would
+ * have. tests/test_choice_twin.py checks the two agree on random fleets and histories.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FALLBACK 2             /* a helper's answer: "let the Python reference do it" (not 1: true) */
+#define MAX_HOLDERS 16         /* fanout this twin handles (router.placement uses 4) */
+#define ENTRY_WORDS 8          /* 512 bits: MAX_HOLDERS ids of <= 24 bits + the spread count */
+#define EXACT_LIMIT 9007199254740992.0 /* 2**53: ints below it convert to double exactly */
+
+/* ---- attribute reads at a slot's offset --------------------------------------------- */
+
+/* An attribute read: for a type whose attribute is a plain __slots__ member (and that
+ * reads attributes the generic way), the value sits at a fixed offset in the object, so
+ * the read is one load; anything else goes through PyObject_GetAttr. The offset is found
+ * once per type (the field remembers the last type it met, holding a reference to it). */
+typedef struct {
+    const char *name;
+    PyObject *str;
+    PyTypeObject *type;
+    Py_ssize_t offset; /* -1: not a plain slot of `type` */
+} Field;
+
+enum {
+    F_PREFIX_HASHES, F_SEEN_DEPTH, F_SESSION_HASH, F_PROMPT_TOKENS, F_MAX_TOKENS,
+    F_USABLE, F_OPEN_COUNT, F_PLACEMENTS, F_USABLE_WEIGHT, F_FILL_WEIGHT, F_RING_SLOT, F_RING,
+    F_SESSIONS, F_PREFIXES, F_SHARED_SHIFT, F_FULL_SHIFT, F_NAMES, F_NEW, F_OLD,
+    F_TABLE, F_SHIFT, F_SIZE,
+    F_WEIGHT, F_REQUESTS, F_LIMIT, F_LOAD_USABLE, F_NAME, F_AS_COLD, F_AS_PREFIX_HIT, F_AS_STICKY,
+    F_LOAD_EPSILON, F_MOVE_COST, F_FREE_MOVE_TOKENS, F_FLOOR_REQUESTS, F_DECODE_WEIGHT,
+    F_LOAD_COST, F_DEFAULT_OUTPUT_TOKENS, F_RING_CHOICES, F_MAX_WALK, F_FALLBACKS,
+    F_COUNT
+};
+
+static Field fields[F_COUNT] = {
+    [F_PREFIX_HASHES] = {"prefix_hashes"}, [F_SEEN_DEPTH] = {"prefix_seen_depth"},
+    [F_SESSION_HASH] = {"session_hash"}, [F_PROMPT_TOKENS] = {"prompt_tokens"},
+    [F_MAX_TOKENS] = {"max_tokens"},
+    [F_USABLE] = {"usable"}, [F_OPEN_COUNT] = {"open_count"}, [F_PLACEMENTS] = {"placements"},
+    [F_USABLE_WEIGHT] = {"usable_weight"}, [F_FILL_WEIGHT] = {"fill_weight"},
+    [F_RING_SLOT] = {"_ring"}, [F_RING] = {"ring"},
+    [F_SESSIONS] = {"_sessions"}, [F_PREFIXES] = {"_prefixes"},
+    [F_SHARED_SHIFT] = {"_shared_shift"}, [F_FULL_SHIFT] = {"_full_shift"},
+    [F_NAMES] = {"_names"}, [F_NEW] = {"new"}, [F_OLD] = {"old"},
+    [F_TABLE] = {"_table"}, [F_SHIFT] = {"_shift"}, [F_SIZE] = {"size"},
+    [F_WEIGHT] = {"weight"}, [F_REQUESTS] = {"requests"}, [F_LIMIT] = {"limit"},
+    [F_LOAD_USABLE] = {"usable"}, [F_NAME] = {"name"}, [F_AS_COLD] = {"as_cold"},
+    [F_AS_PREFIX_HIT] = {"as_prefix_hit"}, [F_AS_STICKY] = {"as_sticky"},
+    [F_LOAD_EPSILON] = {"load_epsilon"}, [F_MOVE_COST] = {"move_cost"},
+    [F_FREE_MOVE_TOKENS] = {"free_move_tokens"}, [F_FLOOR_REQUESTS] = {"floor_requests"},
+    [F_DECODE_WEIGHT] = {"decode_weight"}, [F_LOAD_COST] = {"load_cost"},
+    [F_DEFAULT_OUTPUT_TOKENS] = {"default_output_tokens"}, [F_RING_CHOICES] = {"ring_choices"},
+    [F_MAX_WALK] = {"max_walk"}, [F_FALLBACKS] = {"fallbacks"},
+};
+
+static void field_resolve(Field *f, PyTypeObject *tp) {
+    Py_ssize_t offset = -1;
+    if (tp->tp_getattro == PyObject_GenericGetAttr) {
+        PyObject *descr = _PyType_Lookup(tp, f->str); /* borrowed; sets no error */
+        if (descr && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & PY_AUDIT_READ)) offset = m->offset;
+        }
+    }
+    Py_INCREF(tp);
+    Py_XSETREF(f->type, tp);
+    f->offset = offset;
+}
+
+/* obj.<field>: a new reference, or NULL with the AttributeError Python would raise. */
+static inline PyObject *get(PyObject *obj, int which) {
+    Field *f = &fields[which];
+    if (Py_TYPE(obj) != f->type) field_resolve(f, Py_TYPE(obj));
+    if (f->offset >= 0) {
+        PyObject *v = *(PyObject **)((char *)obj + f->offset);
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttr(obj, f->str);
+}
+
+/* ---- numbers read exactly ------------------------------------------------------------ */
+
+/* An int (bool included) that fits int64: 0, FALLBACK for anything else, -1 on error. */
+static int as_int(PyObject *o, long long *out) {
+    if (!PyLong_CheckExact(o) && !PyBool_Check(o)) return FALLBACK;
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow) return FALLBACK;
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = v;
+    return 0;
+}
+
+/* A float, or an int below 2**53 in size (so that C's arithmetic and comparisons on the
+ * double give what Python's give on the int): 0, FALLBACK, or -1 on error. */
+static int as_number(PyObject *o, double *out) {
+    if (PyFloat_CheckExact(o)) {
+        *out = PyFloat_AS_DOUBLE(o);
+        return 0;
+    }
+    long long v;
+    int r = as_int(o, &v);
+    if (r) return r;
+    if (v >= (long long)EXACT_LIMIT || v <= -(long long)EXACT_LIMIT) return FALLBACK;
+    *out = (double)v;
+    return 0;
+}
+
+/* An attribute read as an int or a number, the reference released. */
+static int get_int(PyObject *obj, int which, long long *out) {
+    PyObject *v = get(obj, which);
+    if (!v) return -1;
+    int r = as_int(v, out);
+    Py_DECREF(v);
+    return r;
+}
+
+static int get_number(PyObject *obj, int which, double *out) {
+    PyObject *v = get(obj, which);
+    if (!v) return -1;
+    int r = as_number(v, out);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Python's a == b for replica names (str; None for "no session"). */
+static inline int same_name(PyObject *a, PyObject *b) {
+    if (a == b) return 1;
+    if (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b)) {
+        if (PyUnicode_GET_LENGTH(a) != PyUnicode_GET_LENGTH(b)) return 0;
+        return PyUnicode_Compare(a, b) == 0;
+    }
+    return PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
+/* ---- configuration (router/replicas.py calls configure once) ----------------------- */
+
+static PyObject *reference;        /* router.replicas.choose_affinity_python */
+static PyObject *find_reference;   /* router.placement.PlacementMemory.find */
+static PyObject *default_settings; /* router.replicas.DEFAULT_SETTINGS */
+static PyObject *spill;            /* (ANY_REPLICA, CacheClass.SPILL) */
+static long long block_tokens;     /* router.replicas.BLOCK_TOKENS */
+static int id_bits;                /* router.placement.ID_BITS */
+static PyObject *successors_str, *least_loaded_str;
+static unsigned long long fallbacks; /* calls handed to the Python reference (for tests) */
+
+/* The knobs of one ReplicaSettings, read once: settings are frozen, and a router passes
+ * the same object on every call, so the last one read is kept (with a reference). */
+typedef struct {
+    PyObject *obj;
+    int usable; /* 0: knobs this twin does not mirror (the reference is called) */
+    double load_epsilon, move_cost, floor_requests, decode_weight, load_cost;
+    long long free_move_tokens, default_output_tokens, ring_choices, max_walk, fallbacks;
+    PyObject *max_walk_obj;
+} Knobs;
+
+static Knobs knobs;
+
+static int read_knobs(PyObject *settings) {
+    if (settings == knobs.obj) return 0;
+    Knobs k = {0};
+    int r = 0;
+    if ((r = get_number(settings, F_LOAD_EPSILON, &k.load_epsilon)) ||
+        (r = get_number(settings, F_MOVE_COST, &k.move_cost)) ||
+        (r = get_number(settings, F_FLOOR_REQUESTS, &k.floor_requests)) ||
+        (r = get_number(settings, F_DECODE_WEIGHT, &k.decode_weight)) ||
+        (r = get_number(settings, F_LOAD_COST, &k.load_cost)) ||
+        (r = get_int(settings, F_FREE_MOVE_TOKENS, &k.free_move_tokens)) ||
+        (r = get_int(settings, F_DEFAULT_OUTPUT_TOKENS, &k.default_output_tokens)) ||
+        (r = get_int(settings, F_RING_CHOICES, &k.ring_choices)) ||
+        (r = get_int(settings, F_MAX_WALK, &k.max_walk)) ||
+        (r = get_int(settings, F_FALLBACKS, &k.fallbacks))) {
+        if (r < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+            PyErr_Clear(); /* not a ReplicaSettings: the reference reads what it needs */
+            return FALLBACK;
+        }
+    }
+    /* A walk of fewer than one replica slices the ring's tuples in ways not mirrored here;
+     * huge token counts would leave the exact range of the arithmetic below. */
+    k.usable = !r && k.max_walk >= 1 && k.max_walk <= 1 << 20 &&
+               k.free_move_tokens > -(1LL << 40) && k.free_move_tokens < (1LL << 40) &&
+               k.default_output_tokens > -(1LL << 40) && k.default_output_tokens < (1LL << 40);
+    if (k.usable) {
+        k.max_walk_obj = PyLong_FromLongLong(k.max_walk);
+        if (!k.max_walk_obj) return -1;
+    }
+    Py_INCREF(settings);
+    k.obj = settings;
+    Py_XDECREF(knobs.obj);
+    Py_XDECREF(knobs.max_walk_obj);
+    knobs = k;
+    return 0;
+}
+
+/* ---- the placement lookup (PlacementMemory.find) ------------------------------------- */
+
+typedef struct {
+    Py_ssize_t matched, common;
+    int count;                       /* holders of the deepest placed prefix, if not spread */
+    PyObject *holders[MAX_HOLDERS];  /* their names (new references) */
+    PyObject *sticky;                /* the session's replica (new reference), or NULL */
+} Found;
+
+static void found_clear(Found *f) {
+    for (int i = 0; i < f->count; i++) Py_CLEAR(f->holders[i]);
+    f->count = 0;
+    Py_CLEAR(f->sticky);
+}
+
+/* `h in new or h in old`: 1, 0, or -1 on error. */
+static inline int placed(PyObject *new, PyObject *old, PyObject *h) {
+    int r = PyDict_Contains(new, h);
+    return r ? r : PyDict_Contains(old, h);
+}
+
+/* The bits of a non-negative int, as little-endian 64-bit words: 0, FALLBACK (negative,
+ * or wider than the words), -1 on error. */
+static int int_words(PyObject *v, uint64_t *words, int count) {
+    unsigned char bytes[ENTRY_WORDS * 8];
+    if (!PyLong_CheckExact(v)) return FALLBACK;
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t need = PyLong_AsNativeBytes(v, bytes, count * 8,
+                                           Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER |
+                                               Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (need < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) return -1;
+        PyErr_Clear(); /* negative */
+        return FALLBACK;
+    }
+    if (need > count * 8) return FALLBACK;
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)v, bytes, (size_t)count * 8, 1, 0) < 0) {
+        /* too wide, or negative */
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        return FALLBACK;
+    }
+#endif
+    for (int w = 0; w < count; w++) {
+        uint64_t x = 0;
+        for (int b = 7; b >= 0; b--) x = x << 8 | bytes[w * 8 + b];
+        words[w] = x;
+    }
+    return 0;
+}
+
+/* `width` (<= 64) bits of the words from bit `at`; bits past the words are 0. */
+static inline uint64_t bits(const uint64_t *words, int count, long at, int width) {
+    long w = at >> 6;
+    int off = (int)(at & 63);
+    if (w >= count) return 0;
+    uint64_t v = words[w] >> off;
+    if (off && off + width > 64 && w + 1 < count) v |= words[w + 1] << (64 - off);
+    return width < 64 ? v & ((UINT64_C(1) << width) - 1) : v;
+}
+
+/* PlacementMemory.find into `f`: 0, FALLBACK, or -1 on error (f is cleared on both). */
+static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
+                     PyObject *session_obj, Found *f) {
+    PyObject *sessions = NULL, *snew = NULL, *sold = NULL, *prefixes = NULL, *new = NULL,
+             *old = NULL, *names = NULL;
+    int r = FALLBACK;
+    f->matched = f->common = 0;
+    f->count = 0;
+    f->sticky = NULL;
+    if (!PyTuple_CheckExact(hashes)) goto done;
+    int has_session = PyObject_IsTrue(session_obj);
+    if (has_session < 0) goto error;
+    if (has_session) {
+        if (!(sessions = get(memory, F_SESSIONS)) || !(snew = get(sessions, F_NEW)) ||
+            !(sold = get(sessions, F_OLD)))
+            goto error;
+        if (!PyDict_CheckExact(snew) || !PyDict_CheckExact(sold)) goto done;
+        PyObject *sticky = PyDict_GetItemWithError(snew, session_obj);
+        if (!sticky && !PyErr_Occurred()) sticky = PyDict_GetItemWithError(sold, session_obj);
+        if (!sticky && PyErr_Occurred()) goto error;
+        if (sticky == Py_None) sticky = NULL;
+        Py_XINCREF(sticky);
+        f->sticky = sticky;
+    }
+    Py_ssize_t size = PyTuple_GET_SIZE(hashes);
+    if (!size) {
+        r = 0;
+        goto done;
+    }
+    long long hint;
+    if ((r = as_int(hint_obj, &hint))) goto done;
+    r = FALLBACK;
+    if (!(prefixes = get(memory, F_PREFIXES)) || !(new = get(prefixes, F_NEW)) ||
+        !(old = get(prefixes, F_OLD)))
+        goto error;
+    if (!PyDict_CheckExact(new) || !PyDict_CheckExact(old)) goto done;
+    PyObject *const *h = &PyTuple_GET_ITEM(hashes, 0);
+    Py_ssize_t matched = 0;
+    int hint_right = 0;
+    if (0 < hint && hint <= size) {
+        int at = placed(new, old, h[hint - 1]);
+        if (at < 0) goto error;
+        if (at) {
+            int next = hint == size ? 0 : placed(new, old, h[hint]);
+            if (next < 0) goto error;
+            hint_right = !next;
+        }
+    }
+    if (hint_right) {
+        matched = (Py_ssize_t)hint;
+    } else {
+        int last = placed(new, old, h[size - 1]);
+        if (last < 0) goto error;
+        if (last) {
+            matched = size;
+        } else {
+            int first = placed(new, old, h[0]);
+            if (first < 0) goto error;
+            if (!first) {  /* a new prompt: one probe, not a search */
+                r = 0;
+                goto done;
+            }
+            Py_ssize_t low = 0, high = size - 1;
+            while (low < high) {
+                Py_ssize_t mid = (low + high + 1) / 2;
+                int there = placed(new, old, h[mid - 1]);
+                if (there < 0) goto error;
+                if (there) low = mid;
+                else high = mid - 1;
+            }
+            matched = low;
+            if (!matched) {
+                r = 0;
+                goto done;
+            }
+        }
+    }
+    PyObject *key = h[matched - 1];
+    PyObject *entry = PyDict_GetItemWithError(new, key);
+    if (!entry) {
+        if (PyErr_Occurred()) goto error;
+        entry = PyDict_GetItemWithError(old, key);
+        if (!entry) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+            goto error;
+        }
+    }
+    long long shift, full_shift;
+    if ((r = get_int(memory, F_SHARED_SHIFT, &shift)) || (r = get_int(memory, F_FULL_SHIFT, &full_shift)))
+        goto done;
+    r = FALLBACK;
+    if (shift < 1 || full_shift < 0 || shift + 64 > ENTRY_WORDS * 64 || id_bits < 1 ||
+        shift > (long long)id_bits * MAX_HOLDERS)
+        goto done;
+    uint64_t words[ENTRY_WORDS];
+    int words_used = (int)((shift + 64 + 63) / 64);
+    Py_INCREF(entry);
+    r = int_words(entry, words, words_used);
+    Py_DECREF(entry);
+    if (r) goto done;
+    r = FALLBACK;
+    /* entry = holders | shared << shift; holders are ids of id_bits, most recent lowest,
+     * and the field at full_shift is set when the list is full (spread fleet-wide). */
+    int full = 0;
+    for (long at = (long)full_shift; at < shift; at += 64) {
+        int width = shift - at < 64 ? (int)(shift - at) : 64;
+        if (bits(words, words_used, at, width)) full = 1;
+    }
+    f->matched = matched;
+    if (full) {
+        f->common = matched;
+        r = 0;
+        goto done;
+    }
+    uint64_t shared = bits(words, words_used, (long)shift, 64);
+    if (shared > (uint64_t)PY_SSIZE_T_MAX) goto done;
+    f->common = (Py_ssize_t)shared;
+    /* Python's decode: `while rest: names[rest & mask]; rest >>= id_bits`, so fields up to
+     * the highest non-zero one, zeros below it included. */
+    int fields_n = (int)((shift + id_bits - 1) / id_bits), top = -1;
+    uint64_t ids[MAX_HOLDERS];
+    for (int i = 0; i < fields_n; i++) {
+        long at = (long)i * id_bits;
+        int width = at + id_bits > shift ? (int)(shift - at) : id_bits;
+        ids[i] = bits(words, words_used, at, width);
+        if (ids[i]) top = i;
+    }
+    if (top >= 0) {
+        if (!(names = get(memory, F_NAMES))) goto error;
+        if (!PyList_CheckExact(names)) goto done;
+        for (int i = 0; i <= top; i++) {
+            if (ids[i] >= (uint64_t)PyList_GET_SIZE(names)) goto done; /* IndexError in Python */
+            PyObject *name = PyList_GET_ITEM(names, (Py_ssize_t)ids[i]);
+            Py_INCREF(name);
+            f->holders[f->count++] = name;
+        }
+    }
+    r = 0;
+    goto done;
+error:
+    r = -1;
+done:
+    if (r) found_clear(f);
+    Py_XDECREF(sessions);
+    Py_XDECREF(snew);
+    Py_XDECREF(sold);
+    Py_XDECREF(prefixes);
+    Py_XDECREF(new);
+    Py_XDECREF(old);
+    Py_XDECREF(names);
+    return r;
+}
+
+static int holds(const Found *f, PyObject *name) {
+    for (int i = 0; i < f->count; i++) {
+        int same = same_name(f->holders[i], name);
+        if (same) return same;
+    }
+    return 0;
+}
+
+/* ---- the choice ----------------------------------------------------------------------- */
+
+/* The three cheapest candidates so far: cost, load object (new reference), the name used
+ * for ties (the candidate's own, as in the Python). */
+typedef struct {
+    double cost[3];
+    PyObject *load[3];
+} Best;
+
+/* Python's `cost < c or (cost == c and name < l.name)`: 1, 0, -1 on error, FALLBACK. */
+static int before(double cost, PyObject *name, double c, PyObject *l) {
+    if (cost < c) return 1;
+    if (cost != c) return 0;
+    if (!l) return FALLBACK; /* None.name: the reference raises it */
+    PyObject *other = get(l, F_NAME);
+    if (!other) return -1;
+    int lt;
+    if (PyUnicode_CheckExact(name) && PyUnicode_CheckExact(other)) {
+        lt = PyUnicode_Compare(name, other) < 0;
+    } else {
+        lt = PyObject_RichCompareBool(name, other, Py_LT);
+    }
+    Py_DECREF(other);
+    return lt;
+}
+
+/* Offer a candidate to the best three (the Python's if/elif chain). */
+static int offer(Best *b, double cost, PyObject *name, PyObject *load) {
+    for (int i = 0; i < 3; i++) {
+        int r = before(cost, name, b->cost[i], b->load[i]);
+        if (r < 0 || r == FALLBACK) return r;
+        if (r) {
+            Py_XDECREF(b->load[2]);
+            for (int j = 2; j > i; j--) {
+                b->cost[j] = b->cost[j - 1];
+                b->load[j] = b->load[j - 1];
+            }
+            b->cost[i] = cost;
+            Py_INCREF(load);
+            b->load[i] = load;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* A candidate's state: its load (weight, requests), saturation point and whether it is
+ * usable; FALLBACK for numbers outside the exact range. */
+typedef struct {
+    double weight, requests, limit;
+} LoadView;
+
+static int read_load(PyObject *load, LoadView *v) {
+    int r;
+    if ((r = get_number(load, F_WEIGHT, &v->weight)) || (r = get_number(load, F_REQUESTS, &v->requests)) ||
+        (r = get_number(load, F_LIMIT, &v->limit)))
+        return r;
+    return 0;
+}
+
+/* The choice itself: 0 with *out set, FALLBACK, or -1 on error. */
+static int choose_core(PyObject *ctx, PyObject *fleet, PyObject *settings, PyObject **out) {
+    PyObject *usable = NULL, *placements = NULL, *hashes = NULL, *hint = NULL, *session = NULL,
+             *ring = NULL, *walk = NULL, *table = NULL, *least = NULL, *first = NULL, *tmp = NULL,
+             *key = NULL;
+    Found f = {0};
+    Best b = {{Py_HUGE_VAL, Py_HUGE_VAL, Py_HUGE_VAL}, {NULL, NULL, NULL}};
+    int r;
+    *out = NULL;
+    if ((r = read_knobs(settings))) return r;
+    if (!knobs.usable) return FALLBACK;
+    if (!(usable = get(fleet, F_USABLE))) goto error;
+    r = FALLBACK;
+    if (!PyDict_CheckExact(usable)) goto done;
+    Py_ssize_t count = PyDict_GET_SIZE(usable);
+    if (!count) {
+        *out = PyList_New(0);
+        r = *out ? 0 : -1;
+        goto done;
+    }
+    if (!(tmp = get(fleet, F_OPEN_COUNT))) goto error;
+    int open = PyObject_IsTrue(tmp);
+    Py_CLEAR(tmp);
+    if (open < 0) goto error;
+    if (!open) {
+        *out = PyList_New(1);
+        if (!*out) goto error;
+        Py_INCREF(spill);
+        PyList_SET_ITEM(*out, 0, spill);
+        r = 0;
+        goto done;
+    }
+    if (!(placements = get(fleet, F_PLACEMENTS)) || !(hashes = get(ctx, F_PREFIX_HASHES)) ||
+        !(hint = get(ctx, F_SEEN_DEPTH)) || !(session = get(ctx, F_SESSION_HASH)))
+        goto error;
+    if ((r = find_core(placements, hashes, hint, session, &f))) goto done;
+    r = FALLBACK;
+    long long prompt, max_tokens, usable_weight, fill_weight;
+    if ((r = get_int(ctx, F_PROMPT_TOKENS, &prompt)) || (r = get_int(ctx, F_MAX_TOKENS, &max_tokens)) ||
+        (r = get_int(fleet, F_USABLE_WEIGHT, &usable_weight)) ||
+        (r = get_int(fleet, F_FILL_WEIGHT, &fill_weight)))
+        goto done;
+    r = FALLBACK;
+    const long long big = 1LL << 50; /* every sum below stays exact as a double */
+    if (prompt <= -big || prompt >= big || max_tokens <= -big || max_tokens >= big ||
+        usable_weight <= -big || usable_weight >= big || fill_weight <= -big || fill_weight >= big ||
+        f.matched >= (1 << 20))
+        goto done;
+    long long uncached = prompt - (long long)f.matched * block_tokens;
+    if (uncached < 1) uncached = 1;
+    double output = knobs.decode_weight * (double)(max_tokens ? max_tokens : knobs.default_output_tokens);
+    /* Python: (1.0 + eps) * (usable_weight + uncached + output) / count, the int sum first. */
+    double bound = (1.0 + knobs.load_epsilon) * ((double)(usable_weight + uncached) + output) / (double)count;
+    double floor = knobs.floor_requests * (double)fill_weight;
+    double above_mean = bound;
+    if (bound < floor) bound = floor;
+    double load_cost = knobs.load_cost;
+    int sticky_fits = 0;
+    PyObject *sticky = f.sticky; /* borrowed from f; NULL for None */
+    PyObject *sticky_apart = sticky;
+    if (sticky) {
+        int in = holds(&f, sticky);
+        if (in < 0) goto error;
+        if (in) sticky_apart = NULL;
+    }
+    if (f.count || sticky_apart) {
+        long long kept = (long long)(f.matched - f.common) * block_tokens - knobs.free_move_tokens;
+        double allowance = kept > 0 ? above_mean + knobs.move_cost * (double)kept : above_mean;
+        if (allowance < bound) allowance = bound;
+        for (int i = sticky_apart ? -1 : 0; i < f.count; i++) {
+            PyObject *name = i < 0 ? sticky_apart : f.holders[i];
+            PyObject *load = PyDict_GetItemWithError(usable, name); /* borrowed */
+            if (!load) {
+                if (PyErr_Occurred()) goto error;
+                continue;
+            }
+            if (load == Py_None) continue;
+            LoadView v;
+            if ((r = read_load(load, &v))) goto done;
+            r = FALLBACK;
+            if (v.requests >= v.limit || v.weight > allowance) continue;
+            if (sticky) {
+                int same = same_name(name, sticky);
+                if (same < 0) goto error;
+                if (same) sticky_fits = 1;
+            }
+            double cost = (double)uncached + load_cost * v.weight;
+            if ((r = offer(&b, cost, name, load))) goto done;
+            r = FALLBACK;
+        }
+    }
+    Py_ssize_t size = PyTuple_GET_SIZE(hashes);
+    if (size) {
+        key = PyTuple_GET_ITEM(hashes, f.matched < size ? f.matched : size - 1);
+        Py_INCREF(key);
+    } else {
+        key = session;
+        Py_INCREF(key);
+    }
+    int has_key = PyObject_IsTrue(key);
+    if (has_key < 0) goto error;
+    if (has_key) {
+        if (!PyLong_CheckExact(key)) goto done;
+        long long wanted = knobs.ring_choices;
+        long long cold = prompt - (long long)f.common * block_tokens;
+        if (!(ring = get(fleet, F_RING_SLOT))) goto error;
+        if (ring == Py_None) {
+            Py_CLEAR(ring);
+            if (!(ring = get(fleet, F_RING))) goto error;
+        }
+        /* HashRing.successors: the slice's walk from the lookup table when it is there and
+         * long enough; otherwise the method itself (it walks the ring and keeps the walk). */
+        long long shift, ring_size;
+        if ((r = get_int(ring, F_SHIFT, &shift)) || (r = get_int(ring, F_SIZE, &ring_size))) goto done;
+        r = FALLBACK;
+        if (!(table = get(ring, F_TABLE))) goto error;
+        if (!PyList_CheckExact(table) || shift < 0) goto done;
+        uint64_t masked = PyLong_AsUnsignedLongLongMask(key);
+        if (masked == (uint64_t)-1 && PyErr_Occurred()) goto error;
+        uint64_t slot = shift >= 64 ? 0 : masked >> shift;
+        PyObject *cached = slot < (uint64_t)PyList_GET_SIZE(table) ? PyList_GET_ITEM(table, (Py_ssize_t)slot) : NULL;
+        Py_ssize_t walked;
+        if (cached && PyTuple_CheckExact(cached) &&
+            (PyTuple_GET_SIZE(cached) >= knobs.max_walk || PyTuple_GET_SIZE(cached) == ring_size)) {
+            walk = cached;
+            Py_INCREF(walk);
+            walked = PyTuple_GET_SIZE(walk) < knobs.max_walk ? PyTuple_GET_SIZE(walk) : (Py_ssize_t)knobs.max_walk;
+        } else {
+            walk = PyObject_CallMethodObjArgs(ring, successors_str, key, knobs.max_walk_obj, NULL);
+            if (!walk) goto error;
+            if (!PyTuple_CheckExact(walk)) goto done;
+            walked = PyTuple_GET_SIZE(walk);
+        }
+        for (Py_ssize_t i = 0; i < walked; i++) {
+            PyObject *load = PyTuple_GET_ITEM(walk, i);
+            LoadView v;
+            if ((r = read_load(load, &v))) goto done;
+            r = FALLBACK;
+            if (v.weight > bound || v.requests >= v.limit) continue;
+            if (!(tmp = get(load, F_LOAD_USABLE))) goto error;
+            int on = PyObject_IsTrue(tmp);
+            Py_CLEAR(tmp);
+            if (on < 0) goto error;
+            if (!on) continue;
+            PyObject *name = get(load, F_NAME);
+            if (!name) goto error;
+            int warm = sticky_apart ? same_name(name, sticky_apart) : 0;
+            if (!warm) warm = holds(&f, name);
+            if (warm) {
+                Py_DECREF(name);
+                if (warm < 0) goto error;
+                continue; /* a warm candidate, weighed above */
+            }
+            double cost = (double)cold + load_cost * v.weight;
+            r = offer(&b, cost, name, load);
+            Py_DECREF(name);
+            if (r) goto done;
+            r = FALLBACK;
+            wanted -= 1;
+            if (!wanted) break;
+        }
+    }
+    PyObject *l1 = b.load[0], *l2 = b.load[1], *l3 = b.load[2]; /* owned by b */
+    if (!l1) {
+        /* No key, or a long run of full replicas on the ring: the least loaded one. */
+        least = PyObject_CallMethodNoArgs(fleet, least_loaded_str);
+        if (!least) goto error;
+        if (least == Py_None) {
+            *out = PyList_New(1);
+            if (!*out) goto error;
+            Py_INCREF(spill);
+            PyList_SET_ITEM(*out, 0, spill);
+            r = 0;
+            goto done;
+        }
+        PyObject *load = PyObject_GetItem(usable, least);
+        if (!load) goto error;
+        b.load[0] = l1 = load;
+    }
+    first = l1;
+    Py_INCREF(first);
+    int sticky_first = 0;
+    if (sticky_fits) {
+        PyObject *name = get(l1, F_NAME);
+        if (!name) goto error;
+        int same = same_name(name, sticky);
+        Py_DECREF(name);
+        if (same < 0) goto error;
+        sticky_first = !same;
+    }
+    if (sticky_first) {
+        /* Session first: its replica holds the conversation. */
+        Py_SETREF(first, PyObject_GetItem(usable, sticky));
+        if (!first) goto error;
+        PyObject *rest[3] = {l1 != first ? l1 : NULL, l2 != first ? l2 : NULL, l3 != first ? l3 : NULL};
+        if (!rest[0]) {
+            rest[0] = rest[1];
+            rest[1] = rest[2];
+            rest[2] = NULL;
+        } else if (!rest[1]) {
+            rest[1] = rest[2];
+            rest[2] = NULL;
+        }
+        l1 = rest[0], l2 = rest[1], l3 = rest[2];
+    } else {
+        l1 = l2, l2 = l3, l3 = NULL;
+    }
+    PyObject *name = get(first, F_NAME);
+    if (!name) goto error;
+    int which = F_AS_COLD;
+    int same = sticky ? same_name(name, sticky) : 0;
+    if (same > 0) {
+        which = F_AS_STICKY;
+    } else if (same == 0 && f.common) {
+        which = F_AS_PREFIX_HIT;
+    } else if (same == 0) {
+        int in = holds(&f, name);
+        which = in > 0 ? F_AS_PREFIX_HIT : F_AS_COLD;
+        if (in < 0) same = -1;
+    }
+    Py_DECREF(name);
+    if (same < 0) goto error;
+    PyObject *chosen[5];
+    int n = 0;
+    if (!(chosen[n++] = get(first, which))) goto error;
+    PyObject *rest[3] = {l1, l2, l3};
+    for (int i = 0; i < 3 && rest[i] && knobs.fallbacks > i; i++) {
+        if (!(chosen[n] = get(rest[i], F_AS_COLD))) {
+            while (n) Py_DECREF(chosen[--n]);
+            goto error;
+        }
+        n++;
+    }
+    Py_INCREF(spill);
+    chosen[n++] = spill;
+    *out = PyList_New(n);
+    if (!*out) {
+        while (n) Py_DECREF(chosen[--n]);
+        goto error;
+    }
+    for (int i = 0; i < n; i++) PyList_SET_ITEM(*out, i, chosen[i]);
+    r = 0;
+    goto done;
+error:
+    r = -1;
+done:
+    found_clear(&f);
+    for (int i = 0; i < 3; i++) Py_XDECREF(b.load[i]);
+    Py_XDECREF(usable);
+    Py_XDECREF(placements);
+    Py_XDECREF(hashes);
+    Py_XDECREF(hint);
+    Py_XDECREF(session);
+    Py_XDECREF(ring);
+    Py_XDECREF(walk);
+    Py_XDECREF(table);
+    Py_XDECREF(least);
+    Py_XDECREF(first);
+    Py_XDECREF(tmp);
+    Py_XDECREF(key);
+    return r;
+}
+
+/* ---- the module's functions ----------------------------------------------------------- */
+
+static int configured(void) {
+    if (reference) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "router._choice: configure() was not called");
+    return 0;
+}
+
+static PyObject *py_choose_affinity(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames) {
+    PyObject *ctx, *fleet, *settings = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 2 || nargs + nkw > 3 ||
+        (nkw && !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)))) {
+        PyErr_SetString(PyExc_TypeError, "choose_affinity(ctx, fleet, settings=DEFAULT_SETTINGS)");
+        return NULL;
+    }
+    if (nkw && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "settings") != 0) {
+        PyErr_Format(PyExc_TypeError, "choose_affinity() got an unexpected keyword argument '%U'",
+                     PyTuple_GET_ITEM(kwnames, 0));
+        return NULL;
+    }
+    if (!configured()) return NULL;
+    ctx = args[0];
+    fleet = args[1];
+    settings = nargs + nkw == 3 ? args[2] : default_settings;
+    PyObject *out;
+    int r = choose_core(ctx, fleet, settings, &out);
+    if (r == 0) return out;
+    if (r < 0) return NULL;
+    fallbacks++;
+    return PyObject_CallFunctionObjArgs(reference, ctx, fleet, settings, NULL);
+}
+
+static PyObject *py_find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static PyObject *zero;
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "find(memory, hashes, hint=0, session_hash=0)");
+        return NULL;
+    }
+    if (!configured()) return NULL;
+    if (!zero && !(zero = PyLong_FromLong(0))) return NULL;
+    PyObject *hint = nargs > 2 ? args[2] : zero, *session = nargs > 3 ? args[3] : zero;
+    Found f;
+    int r = find_core(args[0], args[1], hint, session, &f);
+    if (r < 0) return NULL;
+    if (r == FALLBACK) {
+        fallbacks++;
+        return PyObject_CallFunctionObjArgs(find_reference, args[0], args[1], hint, session, NULL);
+    }
+    PyObject *holders = PyTuple_New(f.count);
+    if (!holders) {
+        found_clear(&f);
+        return NULL;
+    }
+    for (int i = 0; i < f.count; i++) {
+        PyTuple_SET_ITEM(holders, i, f.holders[i]);
+        f.holders[i] = NULL;
+    }
+    f.count = 0;
+    PyObject *out = Py_BuildValue("(nnNO)", f.matched, f.common, holders, f.sticky ? f.sticky : Py_None);
+    found_clear(&f);
+    return out;
+}
+
+static PyObject *py_configure(PyObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"reference", "find_reference", "default_settings", "spill",
+                             "block_tokens", "id_bits", NULL};
+    PyObject *ref, *find_ref, *defaults, *spill_entry;
+    long long tokens;
+    int bits_per_id;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOLi", kwlist, &ref, &find_ref, &defaults,
+                                     &spill_entry, &tokens, &bits_per_id))
+        return NULL;
+    if (!PyCallable_Check(ref) || !PyCallable_Check(find_ref)) {
+        PyErr_SetString(PyExc_TypeError, "reference and find_reference must be callable");
+        return NULL;
+    }
+    if (tokens < 1 || tokens > (1 << 20) || bits_per_id < 1 || bits_per_id > 24) {
+        PyErr_SetString(PyExc_ValueError, "block_tokens must be 1..2**20 and id_bits 1..24");
+        return NULL;
+    }
+    Py_INCREF(ref);
+    Py_XSETREF(reference, ref);
+    Py_INCREF(find_ref);
+    Py_XSETREF(find_reference, find_ref);
+    Py_INCREF(defaults);
+    Py_XSETREF(default_settings, defaults);
+    Py_INCREF(spill_entry);
+    Py_XSETREF(spill, spill_entry);
+    block_tokens = tokens;
+    id_bits = bits_per_id;
+    Py_RETURN_NONE;
+}
+
+/* Which attribute reads take the offset path for the last type each met (for tests and
+ * the benchmark: a read that fell back to getattr would still be right, only slower). */
+static PyObject *py_fast_fields(PyObject *self, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (int i = 0; i < F_COUNT; i++) {
+        if (!fields[i].type) continue;
+        PyObject *key = PyUnicode_FromFormat("%s.%s", fields[i].type->tp_name, fields[i].name);
+        if (!key || PyDict_SetItem(out, key, fields[i].offset >= 0 ? Py_True : Py_False) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(key);
+    }
+    return out;
+}
+
+static PyObject *py_fallback_count(PyObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(fallbacks);
+}
+
+static PyMethodDef methods[] = {
+    {"choose_affinity", (PyCFunction)(void (*)(void))py_choose_affinity, METH_FASTCALL | METH_KEYWORDS,
+     "choose_affinity(ctx, fleet, settings=DEFAULT_SETTINGS) -> candidates\n\n"
+     "router.replicas.choose_affinity_python in C: the same replicas in the same order."},
+    {"find", (PyCFunction)(void (*)(void))py_find, METH_FASTCALL,
+     "find(memory, hashes, hint=0, session_hash=0) -> (matched, common, holders, sticky)\n\n"
+     "router.placement.PlacementMemory.find in C."},
+    {"configure", (PyCFunction)(void (*)(void))py_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(reference, find_reference, default_settings, spill, block_tokens, id_bits)"},
+    {"fast_fields", py_fast_fields, METH_NOARGS,
+     "{'Type.attribute': read at its slot's offset} for the attributes read so far."},
+    {"fallback_count", py_fallback_count, METH_NOARGS,
+     "Calls so far that the Python reference answered (inputs this twin does not mirror)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "router._choice",
+    "The C twin of router.replicas.choose_affinity (see router/_choice.c).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__choice(void) {
+    for (int i = 0; i < F_COUNT; i++) {
+        fields[i].str = PyUnicode_InternFromString(fields[i].name);
+        if (!fields[i].str) return NULL;
+        fields[i].offset = -1;
+    }
+    if (!(successors_str = PyUnicode_InternFromString("successors")) ||
+        !(least_loaded_str = PyUnicode_InternFromString("least_loaded")))
+        return NULL;
+    return PyModule_Create(&module);
+}
