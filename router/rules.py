@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from subjects.messages import (
     DecisionPath,
     RoutingContext,
@@ -92,8 +94,11 @@ class Rule:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class ModelChoice:
+class ModelChoice(msgspec.Struct, frozen=True, gc=False):
+    """One request's model decision. A Struct, not a frozen dataclass: built on every
+    request, and a frozen dataclass's __init__ sets each field through object.__setattr__
+    (~1.4 us against ~0.5 us)."""
+
     model: str
     task_class: TaskClass
     path: DecisionPath
