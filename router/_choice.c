@@ -323,45 +323,45 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         goto error;
     if (!PyDict_CheckExact(new) || !PyDict_CheckExact(old)) goto done;
     PyObject *const *h = &PyTuple_GET_ITEM(hashes, 0);
-    Py_ssize_t matched = 0;
-    int hint_right = 0;
+    /* The answer lies in [low, high]: depth low is placed (0: trivially), none past high
+     * is; the hint's probes narrow it first, right or wrong. depth d is hashes[d - 1]. */
+    Py_ssize_t low = 0, high = size;
+    int there;
     if (0 < hint && hint <= size) {
-        int at = placed(new, old, h[hint - 1]);
-        if (at < 0) goto error;
-        if (at) {
-            int next = hint == size ? 0 : placed(new, old, h[hint]);
-            if (next < 0) goto error;
-            hint_right = !next;
+        if ((there = placed(new, old, h[hint - 1])) < 0) goto error;
+        if (there) {
+            low = (Py_ssize_t)hint;
+            there = hint < size ? placed(new, old, h[hint]) : 0;
+            if (there < 0) goto error;
+            if (there) low = (Py_ssize_t)hint + 1;
+            else high = (Py_ssize_t)hint;
+        } else {
+            high = (Py_ssize_t)hint - 1;
         }
     }
-    if (hint_right) {
-        matched = (Py_ssize_t)hint;
-    } else {
-        int last = placed(new, old, h[size - 1]);
-        if (last < 0) goto error;
-        if (last) {
-            matched = size;
-        } else {
-            int first = placed(new, old, h[0]);
-            if (first < 0) goto error;
-            if (!first) {  /* a new prompt: one probe, not a search */
-                r = 0;
-                goto done;
-            }
-            Py_ssize_t low = 0, high = size - 1;
-            while (low < high) {
-                Py_ssize_t mid = (low + high + 1) / 2;
-                int there = placed(new, old, h[mid - 1]);
-                if (there < 0) goto error;
-                if (there) low = mid;
-                else high = mid - 1;
-            }
-            matched = low;
-            if (!matched) {
-                r = 0;
-                goto done;
-            }
+    if (high == size && low < size) { /* the whole prompt placed before */
+        if ((there = placed(new, old, h[size - 1])) < 0) goto error;
+        if (there) low = size;
+        else high = size - 1;
+    }
+    if (!low && high) {
+        if ((there = placed(new, old, h[0])) < 0) goto error;
+        if (!there) { /* a new prompt: one probe, not a search */
+            r = 0;
+            goto done;
         }
+        low = 1;
+    }
+    while (low < high) {
+        Py_ssize_t mid = (low + high + 1) / 2;
+        if ((there = placed(new, old, h[mid - 1])) < 0) goto error;
+        if (there) low = mid;
+        else high = mid - 1;
+    }
+    Py_ssize_t matched = low;
+    if (!matched) {
+        r = 0;
+        goto done;
     }
     PyObject *key = h[matched - 1];
     PyObject *entry = PyDict_GetItemWithError(new, key);

@@ -40,8 +40,16 @@ class Fleet:
     choice); ``usable_weight`` is their total outstanding weight and ``open_count`` how many
     of them are below their saturation point (``saturation`` × capacity outstanding
     requests), both kept current so the fleet mean and "is everyone saturated?" cost O(1)
-    at any size.
+    at any size. ``fill_weight`` is the mean weight of the placements seen so far
+    (``DEFAULT_FILL_WEIGHT`` before the first), kept current in the same way.
+
+    Slots, not a ``__dict__``: replica choice (and its C twin, router/_choice.c) reads
+    these on every request, and a slot is read at a fixed offset.
     """
+
+    __slots__ = ("_by_load", "_placed_count", "_placed_weight", "_ring", "_vnodes",
+                 "fill_weight", "members", "model", "open_count", "placements", "saturation",
+                 "usable", "usable_weight")
 
     def __init__(self, model: str, *, fanout: int = DEFAULT_FANOUT,
                  placement_capacity: int = DEFAULT_CAPACITY, vnodes: int = VNODES,
@@ -57,6 +65,7 @@ class Fleet:
         self._ring: HashRing[ReplicaLoad] | None = None
         self._placed_weight = 0
         self._placed_count = 0
+        self.fill_weight = DEFAULT_FILL_WEIGHT
         # (weight, name) of usable replicas, a min-heap with stale entries: every change of
         # a replica's load pushes its new key, and ``least_loaded`` drops the entries that
         # no longer match on its way to the answer. O(log n) per change instead of a scan
@@ -181,6 +190,7 @@ class Fleet:
             self._push(load)
         self._placed_weight += weight
         self._placed_count += 1
+        self._refill()
 
     def unplaced(self, replica: str, weight: int) -> None:
         """Take back a placement of ``weight`` on ``replica`` whose publish was refused
@@ -194,6 +204,7 @@ class Fleet:
             return
         self._placed_weight -= weight
         self._placed_count -= 1
+        self._refill()
         if replica in self.usable:
             self.usable_weight += load.weight - before
             self.open_count += load.open - was_open
@@ -212,11 +223,10 @@ class Fleet:
             self.open_count += load.open - was_open
             self._push(load)
 
-    @property
-    def fill_weight(self) -> int:
-        if not self._placed_count:
-            return DEFAULT_FILL_WEIGHT
-        return self._placed_weight // self._placed_count
+    def _refill(self) -> None:
+        # An attribute, not a property: replica choice reads it on every request.
+        count = self._placed_count
+        self.fill_weight = self._placed_weight // count if count else DEFAULT_FILL_WEIGHT
 
 
 @dataclass(slots=True)
