@@ -239,10 +239,18 @@ static void found_clear(Found *f) {
     Py_CLEAR(f->sticky);
 }
 
-/* `h in new or h in old`: 1, 0, or -1 on error. */
-static inline int placed(PyObject *new, PyObject *old, PyObject *h) {
-    int r = PyDict_Contains(new, h);
-    return r ? r : PyDict_Contains(old, h);
+/* `h in new or h in old`: 1 with *entry set to its value (borrowed: `new.get(h)`, else
+ * `old[h]`, what the Python reads once the search is over), 0, or -1 on error. Keeping
+ * the value of the deepest hit saves that last lookup. */
+static inline int placed(PyObject *new, PyObject *old, PyObject *h, PyObject **entry) {
+    PyObject *v = PyDict_GetItemWithError(new, h);
+    if (!v) {
+        if (PyErr_Occurred()) return -1;
+        v = PyDict_GetItemWithError(old, h);
+        if (!v) return PyErr_Occurred() ? -1 : 0;
+    }
+    *entry = v;
+    return 1;
 }
 
 /* The bits of a non-negative int, as little-endian 64-bit words: 0, FALLBACK (negative,
@@ -327,25 +335,34 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
      * is; the hint's probes narrow it first, right or wrong. depth d is hashes[d - 1]. */
     Py_ssize_t low = 0, high = size;
     int there;
+    PyObject *entry = NULL, *probed = NULL; /* the value at depth low; at the last probe */
     if (0 < hint && hint <= size) {
-        if ((there = placed(new, old, h[hint - 1])) < 0) goto error;
+        if ((there = placed(new, old, h[hint - 1], &entry)) < 0) goto error;
         if (there) {
             low = (Py_ssize_t)hint;
-            there = hint < size ? placed(new, old, h[hint]) : 0;
+            there = hint < size ? placed(new, old, h[hint], &probed) : 0;
             if (there < 0) goto error;
-            if (there) low = (Py_ssize_t)hint + 1;
-            else high = (Py_ssize_t)hint;
+            if (there) {
+                low = (Py_ssize_t)hint + 1;
+                entry = probed;
+            } else {
+                high = (Py_ssize_t)hint;
+            }
         } else {
             high = (Py_ssize_t)hint - 1;
         }
     }
     if (high == size && low < size) { /* the whole prompt placed before */
-        if ((there = placed(new, old, h[size - 1])) < 0) goto error;
-        if (there) low = size;
-        else high = size - 1;
+        if ((there = placed(new, old, h[size - 1], &probed)) < 0) goto error;
+        if (there) {
+            low = size;
+            entry = probed;
+        } else {
+            high = size - 1;
+        }
     }
     if (!low && high) {
-        if ((there = placed(new, old, h[0])) < 0) goto error;
+        if ((there = placed(new, old, h[0], &entry)) < 0) goto error;
         if (!there) { /* a new prompt: one probe, not a search */
             r = 0;
             goto done;
@@ -354,25 +371,21 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     }
     while (low < high) {
         Py_ssize_t mid = (low + high + 1) / 2;
-        if ((there = placed(new, old, h[mid - 1])) < 0) goto error;
-        if (there) low = mid;
-        else high = mid - 1;
+        if ((there = placed(new, old, h[mid - 1], &probed)) < 0) goto error;
+        if (there) {
+            low = mid;
+            entry = probed;
+        } else {
+            high = mid - 1;
+        }
     }
     Py_ssize_t matched = low;
     if (!matched) {
         r = 0;
         goto done;
     }
-    PyObject *key = h[matched - 1];
-    PyObject *entry = PyDict_GetItemWithError(new, key);
-    if (!entry) {
-        if (PyErr_Occurred()) goto error;
-        entry = PyDict_GetItemWithError(old, key);
-        if (!entry) {
-            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
-            goto error;
-        }
-    }
+    /* entry: the value at depth matched, read by the probe that found it placed. */
+    if (!entry) goto done; /* cannot happen: every step that raises low found an entry */
     long long shift, full_shift;
     if ((r = get_int(memory, F_SHARED_SHIFT, &shift)) || (r = get_int(memory, F_FULL_SHIFT, &full_shift)))
         goto done;
