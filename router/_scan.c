@@ -99,6 +99,19 @@ typedef struct {
     int error_lane, suffix_lane, keyword_lane, ask_verb_lane, ask_object_lane;
     long marker_bits[6]; /* fence, stack trace, compiler error, file path, keywords, code ask */
     Py_ssize_t ask_words, ask_reach;
+    /* The request-level signals read_prompt computes (set_signals; router/context.py's
+     * python_signals owns them): the token estimate's coefficients, script detection's
+     * byte codes, and the harm lanes in category order. */
+    int signals_set;
+    double per_alnum, per_word, per_digit, per_punct, extra_bytes_per_token;
+    Py_ssize_t max_chars_per_token;
+    unsigned char script_codes[256], e0_next[256], e1_next[256], letters[64];
+    Py_ssize_t letter_count;
+    int e0_lead, e1_lead;
+    PyObject *latin;          /* Script.LATIN */
+    PyObject *letter_scripts; /* the Script member of each letters[k] */
+    int harm_lanes[MAX_LEXICON_LANES], harm_count;
+    PyObject *harm_categories; /* the SafetyCategory of each harm lane, then NONE */
 } ScanTable;
 
 /* FNV-1a, 64-bit: byte at a time, but words are short and it streams, so a bigram's
@@ -123,6 +136,9 @@ static void ScanTable_dealloc(ScanTable *self) {
     PyMem_Free(self->error_texts.bytes);
     PyMem_Free(self->suffixes.bytes);
     PyMem_Free(self->error_words.bytes);
+    Py_CLEAR(self->latin);
+    Py_CLEAR(self->letter_scripts);
+    Py_CLEAR(self->harm_categories);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -556,7 +572,117 @@ static long code_markers(const ScanTable *t, const unsigned char *raw, const uns
     return markers;
 }
 
+/* ---- request-level signals: router/context.py's python_signals ---- */
+
+static int read_lanes(PyObject *row, int *out, int most, int lexicon_lanes, int *count, const char *what);
+
+/* ScanTable.set_signals(coefficients, max_chars_per_token, codes, e0_next, e1_next, letters,
+ * e0_lead, e1_lead, latin, letter_scripts, harm_lanes, harm_categories):
+ * router.context.signal_settings() names each. */
+static PyObject *ScanTable_set_signals(ScanTable *self, PyObject *args) {
+    double c[5];
+    Py_ssize_t max_chars;
+    Py_buffer codes, e0, e1, letters;
+    int e0_lead, e1_lead;
+    PyObject *latin, *letter_scripts, *harm_lanes, *harm_categories;
+    if (!PyArg_ParseTuple(args, "(ddddd)ny*y*y*y*iiOO!OO!", &c[0], &c[1], &c[2], &c[3], &c[4], &max_chars, &codes,
+                          &e0, &e1, &letters, &e0_lead, &e1_lead, &latin, &PyTuple_Type, &letter_scripts,
+                          &harm_lanes, &PyTuple_Type, &harm_categories))
+        return NULL;
+    PyObject *result = NULL;
+    int count = 0;
+    if (codes.len != 256 || e0.len != 256 || e1.len != 256 || letters.len > 64 ||
+        PyTuple_GET_SIZE(letter_scripts) != letters.len || max_chars < 1 || c[4] == 0.0) {
+        PyErr_SetString(PyExc_ValueError, "set_signals: 256-byte code tables, a Script for each letter code, "
+                                          "max_chars_per_token >= 1, extra_bytes_per_token != 0");
+        goto done;
+    }
+    if (read_lanes(harm_lanes, self->harm_lanes, MAX_LEXICON_LANES, self->lexicon_lanes, &count, "set_signals harm_lanes") < 0)
+        goto done;
+    if (PyTuple_GET_SIZE(harm_categories) != count + 1) {
+        PyErr_SetString(PyExc_ValueError, "set_signals: a category for each harm lane, then the one for none");
+        goto done;
+    }
+    self->per_alnum = c[0];
+    self->per_word = c[1];
+    self->per_digit = c[2];
+    self->per_punct = c[3];
+    self->extra_bytes_per_token = c[4];
+    self->max_chars_per_token = max_chars;
+    memcpy(self->script_codes, codes.buf, 256);
+    memcpy(self->e0_next, e0.buf, 256);
+    memcpy(self->e1_next, e1.buf, 256);
+    memcpy(self->letters, letters.buf, (size_t)letters.len);
+    self->letter_count = letters.len;
+    self->e0_lead = e0_lead;
+    self->e1_lead = e1_lead;
+    self->harm_count = count;
+    Py_XSETREF(self->latin, Py_NewRef(latin));
+    Py_XSETREF(self->letter_scripts, Py_NewRef(letter_scripts));
+    Py_XSETREF(self->harm_categories, Py_NewRef(harm_categories));
+    self->signals_set = 1;
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&e0);
+    PyBuffer_Release(&e1);
+    PyBuffer_Release(&letters);
+    return result;
+}
+
+/* Characters of each code in w (per_code[256]) and the continuation bytes, as
+ * script_census counts them. */
+static Py_ssize_t census(const unsigned char *w, Py_ssize_t n, const unsigned char *codes, const unsigned char *e0_next,
+                         const unsigned char *e1_next, int e0_lead, int e1_lead, Py_ssize_t *per_code) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char code = codes[w[i]];
+        if (code == e0_lead) code = e0_next[i + 1 < n ? w[i + 1] : 0];
+        else if (code == e1_lead) code = e1_next[i + 1 < n ? w[i + 1] : 0];
+        per_code[code]++;
+    }
+    /* The continuation count is of the bytes' own codes: a refined lead never becomes one. */
+    Py_ssize_t continuation = 0;
+    unsigned char continuation_code = codes[0x80];
+    for (Py_ssize_t i = 0; i < n; i++) continuation += codes[w[i]] == continuation_code;
+    return continuation;
+}
+
+/* context.detect_script: Latin unless other letters make a third of the window's
+ * non-space characters; then the first of the most frequent (a new reference). */
+static PyObject *window_script(const ScanTable *t, const unsigned char *w, Py_ssize_t n, Py_ssize_t spaces) {
+    int ascii = 1;
+    for (Py_ssize_t i = 0; i < n && ascii; i++) ascii = w[i] < 0x80;
+    if (ascii) return Py_NewRef(t->latin);
+    Py_ssize_t per_code[256] = {0};
+    Py_ssize_t continuation = census(w, n, t->script_codes, t->e0_next, t->e1_next, t->e0_lead, t->e1_lead, per_code);
+    Py_ssize_t letters = 0, best = 0;
+    for (Py_ssize_t k = 0; k < t->letter_count; k++) {
+        Py_ssize_t count = per_code[t->letters[k]];
+        letters += count;
+        if (count > per_code[t->letters[best]]) best = k;
+    }
+    if (3 * letters < n - continuation - spaces) return Py_NewRef(t->latin);
+    return Py_NewRef(PyTuple_GET_ITEM(t->letter_scripts, best));
+}
+
+/* context.estimate_view_tokens, the same double operations in the same order. */
+static Py_ssize_t estimate_tokens(const ScanTable *t, Py_ssize_t chars, Py_ssize_t utf8, Py_ssize_t size,
+                                  Py_ssize_t words, Py_ssize_t alnum, Py_ssize_t digits, Py_ssize_t spaces) {
+    Py_ssize_t punct = size - alnum - spaces;
+    double in_window = t->per_alnum * (double)alnum + t->per_word * (double)words + t->per_digit * (double)digits +
+                       t->per_punct * (double)(punct > 0 ? punct : 0);
+    double scale = size ? (double)utf8 / (double)size : 0.0;
+    double extra = (double)(utf8 - chars) / t->extra_bytes_per_token;
+    Py_ssize_t estimate = (Py_ssize_t)(in_window * scale + extra + 0.5);
+    Py_ssize_t floor = chars / t->max_chars_per_token;
+    if (estimate < floor) estimate = floor;
+    return estimate > 1 ? estimate : 1;
+}
+
 static PyMethodDef ScanTable_methods[] = {
+    {"set_signals", (PyCFunction)ScanTable_set_signals, METH_VARARGS,
+     "set_signals(coefficients, max_chars_per_token, codes, e0_next, e1_next, letters, e0_lead, e1_lead, latin, "
+     "letter_scripts, harm_lanes, harm_categories): read_prompt() then adds the request-level signals"},
     {"set_cues", (PyCFunction)ScanTable_set_cues, METH_VARARGS,
      "set_cues(alarming, violent, crime, targets, group, person, cue_words, reach): scan() then returns "
      "the safety cues' word facts for alarming windows"},
@@ -1115,7 +1241,7 @@ static inline Py_ssize_t utf8_extra(const Segment *g) { return utf8_extra_of(g->
 
 /* read_prompt(parts, table, head, tail) -> the TextView tuple of router/context.py:
  * (parts, chars, utf8_bytes, window, word_count, features, lanes, alnum, digits, spaces,
- * cue_facts, code_markers). The window is the prompt's UTF-8 when it is at most head + 1 + tail bytes,
+ * cue_facts, code_markers, prompt_tokens, script, safety, question). The window is the prompt's UTF-8 when it is at most head + 1 + tail bytes,
  * else its first `head` bytes, b"\n" and its last `tail` bytes; only those ends are ever
  * encoded, and the parts are never joined. The Python it mirrors: context.read_parts. */
 static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1152,20 +1278,42 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         n = head + 1 + tail;
     }
     free_segments(segments, stack_segments);
-    PyObject *scanned = scan_window((const ScanTable *)args[1], window, n);
+    const ScanTable *t = (const ScanTable *)args[1];
+    if (!t->signals_set) {
+        PyErr_SetString(PyExc_ValueError, "read_prompt: the table has no set_signals");
+        return NULL;
+    }
+    PyObject *scanned = scan_window(t, window, n);
     if (!scanned) return NULL;
-    PyObject *result = PyTuple_New(12);
+    /* scanned: (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers) */
+    PyObject *lanes = PyTuple_GET_ITEM(scanned, 0);
+    Py_ssize_t words = PyLong_AsSsize_t(PyTuple_GET_ITEM(scanned, 1)), alnum = PyLong_AsSsize_t(PyTuple_GET_ITEM(scanned, 3));
+    Py_ssize_t digits = PyLong_AsSsize_t(PyTuple_GET_ITEM(scanned, 4)), spaces = PyLong_AsSsize_t(PyTuple_GET_ITEM(scanned, 5));
+    PyObject *harm = PyTuple_GET_ITEM(t->harm_categories, t->harm_count); /* none, unless a harm lane fired */
+    for (int k = 0; k < t->harm_count; k++)
+        if (PyLong_AsLong(PyTuple_GET_ITEM(lanes, t->harm_lanes[k]))) {
+            harm = PyTuple_GET_ITEM(t->harm_categories, k);
+            break;
+        }
+    PyObject *result = PyTuple_New(16);
     PyObject *raw = PyBytes_FromStringAndSize((const char *)window, n);
     PyObject *chars_obj = PyLong_FromSsize_t(chars), *utf8_obj = PyLong_FromSsize_t(utf8);
-    if (!result || !raw || !chars_obj || !utf8_obj) {
+    PyObject *tokens = PyLong_FromSsize_t(estimate_tokens(t, chars, utf8, n, words, alnum, digits, spaces));
+    PyObject *script = window_script(t, window, n, spaces);
+    if (!result || !raw || !chars_obj || !utf8_obj || !tokens || !script || PyErr_Occurred()) {
         Py_XDECREF(result);
         Py_XDECREF(raw);
         Py_XDECREF(chars_obj);
         Py_XDECREF(utf8_obj);
+        Py_XDECREF(tokens);
+        Py_XDECREF(script);
         Py_DECREF(scanned);
         return NULL;
     }
-    /* scanned: (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers) */
+    PyTuple_SET_ITEM(result, 12, tokens);
+    PyTuple_SET_ITEM(result, 13, script);
+    PyTuple_SET_ITEM(result, 14, Py_NewRef(harm));
+    PyTuple_SET_ITEM(result, 15, PyBool_FromLong(memchr(window, '?', (size_t)n) != NULL));
     PyTuple_SET_ITEM(result, 0, Py_NewRef(parts));
     PyTuple_SET_ITEM(result, 1, chars_obj);
     PyTuple_SET_ITEM(result, 2, utf8_obj);
@@ -1204,16 +1352,7 @@ static PyObject *script_census(PyObject *module, PyObject *const *args, Py_ssize
     const unsigned char *letters = (const unsigned char *)PyBytes_AS_STRING(args[4]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]), lettered = PyBytes_GET_SIZE(args[4]);
     Py_ssize_t per_code[256] = {0};
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char code = codes[w[i]];
-        if (code == e0_lead) code = e0_next[i + 1 < n ? w[i + 1] : 0];
-        else if (code == e1_lead) code = e1_next[i + 1 < n ? w[i + 1] : 0];
-        per_code[code]++;
-    }
-    /* The continuation count is of the bytes' own codes: a refined lead never becomes one. */
-    Py_ssize_t continuation = 0;
-    unsigned char continuation_code = codes[0x80];
-    for (Py_ssize_t i = 0; i < n; i++) continuation += codes[w[i]] == continuation_code;
+    Py_ssize_t continuation = census(w, n, codes, e0_next, e1_next, (int)e0_lead, (int)e1_lead, per_code);
     PyObject *counts = PyTuple_New(lettered);
     if (!counts) return NULL;
     for (Py_ssize_t k = 0; k < lettered; k++) {
@@ -1702,7 +1841,7 @@ static PyMethodDef methods[] = {
      "block_hashes(parts, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
     {"read_prompt", (PyCFunction)(void (*)(void))read_prompt, METH_FASTCALL,
      "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
-     "lanes, alnum, digits, spaces, cue_facts, code_markers)"},
+     "lanes, alnum, digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question)"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,

@@ -339,6 +339,7 @@ class WordTable(dict[Union[bytes, tuple[bytes, bytes]], int]):
         self.native = _ScanTable(_WORD_BYTES, entries, LEXICON_LANES, CLASS_LANES,
                                  BIGRAM_HEAD_WORDS, BIGRAM_TAIL_WORDS)
         self.native.set_markers(*marker_settings())
+        self.native.set_signals(*signal_settings())
         return self
 
     def __setitem__(self, key: bytes | tuple[bytes, bytes], value: int) -> None:
@@ -427,6 +428,13 @@ class TextView(NamedTuple):
     cue_facts: Any
     # The window's CodeMarker bits (python_code_markers; the C pass computes the same).
     code_markers: int
+    # The request-level signals the window alone gives (python_signals; the C pass computes
+    # the same): the token estimate, the dominant script, the first harm category named,
+    # whether it asks a question.
+    prompt_tokens: int
+    script: Script
+    safety: SafetyCategory
+    question: bool
 
     @property
     def text(self) -> str:
@@ -481,12 +489,19 @@ def utf8_length(text: str) -> int:
 
 def estimate_tokens(text: str) -> int:
     """Tokens a typical SLM tokenizer makes of ``text`` (no tokenizer call)."""
-    return estimate_view_tokens(read_text(text))
+    return read_text(text).prompt_tokens
 
 
 def estimate_view_tokens(view: TextView) -> int:
-    _, chars, utf8_bytes, window, words, _, _, alnum, digits, spaces, _, _ = view  # one unpack: no per-field reads
-    size = len(window)
+    """The token estimate of a view's prompt (the view carries it as ``prompt_tokens``)."""
+    return estimate_from_counts(view.chars, view.utf8_bytes, len(view.window), view.word_count,
+                                view.alnum_bytes, view.digit_bytes, view.space_bytes)
+
+
+def estimate_from_counts(chars: int, utf8_bytes: int, size: int, words: int, alnum: int, digits: int,
+                         spaces: int) -> int:
+    """The token estimate from the prompt's lengths and its window's counts (the reference
+    for router/_scan.c's estimate_tokens: the same float operations in the same order)."""
     punct = size - alnum - spaces
     in_window = (TOKENS_PER_ALNUM * alnum + TOKENS_PER_WORD * words
                  + TOKENS_PER_DIGIT * digits + TOKENS_PER_PUNCT * (punct if punct > 0 else 0))
@@ -583,13 +598,16 @@ def python_view(parts: tuple[str, ...], chars: int, utf8_bytes: int, raw: bytes,
     total = sum(map(table.get, keys, _ZEROS))  # every lexicon and class weight at once
     size = len(raw)
     lanes = _LANES.unpack(((total + _BIAS) ^ _BIAS).to_bytes(_LANES.size, "little"))  # split_lanes
+    alnum, digits = size - spaced.count(b" "), spaced.count(b"0")
+    spaces = raw.count(b" ") + raw.count(b"\n")
     return _new_tuple(TextView, (  # TextView(...) would add a Python-level call
-        parts, chars, utf8_bytes, raw, len(words), features, lanes,
-        size - spaced.count(b" "),  # alnum_bytes
-        spaced.count(b"0"),  # digit_bytes
-        raw.count(b" ") + raw.count(b"\n"),  # space_bytes
+        parts, chars, utf8_bytes, raw, len(words), features, lanes, alnum, digits, spaces,
         None,  # cue_facts: router.scorer reads the words instead
         python_code_markers(raw, words, lanes),
+        estimate_from_counts(chars, utf8_bytes, size, len(words), alnum, digits, spaces),
+        window_script(raw, spaces),
+        safety_category(lanes),
+        b"?" in raw,  # question
     ))
 
 
@@ -653,7 +671,6 @@ def python_code_markers(window: bytes, words: list[bytes], lanes: tuple[int, ...
 
 
 _ERROR_BYTES = frozenset(w.encode() for w in _ERROR_WORDS)
-LEXICON_TABLE.seal()  # here: sealing hands the C copy marker_settings()
 
 
 def _has_code_ask(head: list[bytes]) -> bool:
@@ -721,9 +738,14 @@ _E1_GREEK = (b"\xe1\xbc", b"\xe1\xbd", b"\xe1\xbe", b"\xe1\xbf")  # U+1F00-1FFF
 
 
 def detect_script(view: TextView) -> Script:
-    """The dominant writing system of the window: Latin unless other letters dominate
-    (a third or more of the window's non-space characters)."""
-    window = view.window
+    """The dominant writing system of the window (the view carries it as ``script``)."""
+    return window_script(view.window, view.space_bytes)
+
+
+def window_script(window: bytes, space_bytes: int) -> Script:
+    """The dominant writing system of ``window``: Latin unless other letters dominate (a
+    third or more of its non-space characters). The reference for router/_scan.c's
+    window_script."""
     if window.isascii():
         return _LATIN
     counts: tuple[int, ...]
@@ -732,7 +754,7 @@ def detect_script(view: TextView) -> Script:
                                                      _E0_LEAD, _E1_LEAD)
     else:
         counts, continuation = python_script_census(window)
-    characters = len(window) - continuation - view.space_bytes
+    characters = len(window) - continuation - space_bytes
     if 3 * sum(counts) < characters:
         return _LATIN
     return _LETTER_SCRIPTS[counts.index(max(counts))]  # the first of the most
@@ -771,6 +793,14 @@ _E1_NEXT = _next_byte_codes(Script.OTHER, ((Script.GREEK, _E1_GREEK), (_NOT_A_LE
 _LETTER_CODES = bytes(_LETTER_SCRIPTS)
 
 
+def signal_settings() -> tuple[Any, ...]:
+    """``ScanTable.set_signals``' arguments: what ``python_view``'s signals read."""
+    return ((TOKENS_PER_ALNUM, TOKENS_PER_WORD, TOKENS_PER_DIGIT, TOKENS_PER_PUNCT, EXTRA_BYTES_PER_TOKEN),
+            MAX_CHARS_PER_TOKEN, _SCRIPT_CODES, _E0_NEXT, _E1_NEXT, _LETTER_CODES, _E0_LEAD, _E1_LEAD,
+            Script.LATIN, _LETTER_SCRIPTS, tuple(int(lane) for lane in _SAFETY_WORDS),
+            (*(category for category, _ in _SAFETY_WORDS.values()), SafetyCategory.NONE))
+
+
 def safety_category(lanes: tuple[int, ...]) -> SafetyCategory:
     """The first harm category whose words the prompt uses (NONE when it uses none)."""
     if any(lanes[_SAFETY_LANES]):
@@ -780,9 +810,12 @@ def safety_category(lanes: tuple[int, ...]) -> SafetyCategory:
     return _NO_HARM
 
 
+LEXICON_TABLE.seal()  # here, below what sealing hands the C copy: marker_settings(), signal_settings()
+
+
 def read_signals(request: ChatRequest, view: TextView) -> Signals:
-    """The request's signals; each check that rarely fires is skipped on one lane test."""
-    window, lanes = view.window, view.lanes
+    """The request's signals: the view's, and what the request's own fields say."""
+    lanes = view.lanes
     if request.tools:
         structured = _TOOLS
     elif request.response_format and request.response_format.get("type") in _JSON_FORMATS:
@@ -791,15 +824,8 @@ def read_signals(request: ChatRequest, view: TextView) -> Signals:
         structured = _JSON_TEXT
     else:
         structured = _NO_STRUCTURE
-    return _new_tuple(Signals, (
-        estimate_view_tokens(view),  # prompt_tokens
-        view.code_markers,
-        structured,
-        _LATIN if window.isascii() else detect_script(view),
-        safety_category(lanes) if any(lanes[_SAFETY_LANES]) else _NO_HARM,
-        b"?" in window,  # question
-        view.digit_bytes,  # digits
-    ))
+    _, _, _, _, _, _, _, _, digits, _, _, markers, tokens, script, safety, question = view  # one unpack
+    return _new_tuple(Signals, (tokens, markers, structured, script, safety, question, digits))
 
 
 def stable_hash(text: str) -> int:

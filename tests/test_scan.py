@@ -37,7 +37,7 @@ from router.context import (
     read_text,
 )
 from router.scorer import alarming, cue_facts, safety_cues, shared_scorer
-from subjects.messages import ChatMessage, ChatRequest
+from subjects.messages import ChatMessage, ChatRequest, SafetyCategory, Script
 
 scan = pytest.importorskip("router._scan", reason="the C pass is not built (no C compiler at install)")
 if context.PURE_PYTHON:
@@ -46,16 +46,23 @@ if context.PURE_PYTHON:
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "dev.jsonl"
 
 
+# The request-level signals read_prompt adds: a window alone (scan()) has none of them, so
+# the window tests set them aside and the text tests (read_text both ways) compare them.
+NO_SIGNALS = {"prompt_tokens": None, "script": None, "safety": None, "question": None}
+
+
 def both_ways(data: bytes, table: WordTable) -> tuple[context.TextView, context.TextView]:
     """(C pass, Python pass) over the window ``data`` (a plain dict has no C copy), the
-    C pass's cue facts set aside (same_cues compares them)."""
-    return scanned(data, table)._replace(cue_facts=None), python_view((), 0, 0, data, dict(table))
+    C pass's cue facts set aside (same_cues compares them), without the signals."""
+    return (scanned(data, table)._replace(cue_facts=None),
+            python_view((), 0, 0, data, dict(table))._replace(**NO_SIGNALS))
 
 
 def scanned(data: bytes, table: WordTable) -> context.TextView:
-    """The C pass's view of the window ``data``."""
+    """The C pass's view of the window ``data`` (no request-level signals)."""
     lanes, words, features, alnum, digits, spaces, facts, markers = scan.scan(data, table.native)
-    return context.TextView((), 0, 0, data, words, features, lanes, alnum, digits, spaces, facts, markers)
+    return context.TextView((), 0, 0, data, words, features, lanes, alnum, digits, spaces, facts, markers,
+                            **NO_SIGNALS)
 
 
 def same_cues(view: context.TextView) -> None:
@@ -293,6 +300,20 @@ def census_both_ways(window: bytes) -> tuple[object, object]:
 def test_script_census_matches_the_python_reference(window: bytes) -> None:
     native, python = census_both_ways(window)
     assert native == python
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.one_of(scripts, st.tuples(scripts, st.sampled_from(["", " ", "?", "kill ", "bomb ", "\n\n"]), prompts)
+                 .map("".join)))
+def test_the_signals_read_the_same_both_ways(text: str) -> None:
+    """Token estimate, script, harm category and question: read_prompt's C against the
+    Python pass, over every script the detection tells apart and every storage width."""
+    native = read_text(text, LEXICON_TABLE)
+    python = read_text(text, dict(LEXICON_TABLE))
+    assert (native.prompt_tokens, native.script, native.safety, native.question) == (
+        python.prompt_tokens, python.script, python.safety, python.question)
+    assert type(native.script) is Script and type(native.safety) is SafetyCategory  # members, not ints
+    assert native.prompt_tokens == context.estimate_view_tokens(native) >= 1
 
 
 def test_a_lead_byte_at_the_window_end_counts_as_other_script() -> None:
