@@ -234,7 +234,13 @@ _CUE_WORDS: dict[LexiconLane, str] = {
         "eradicate wipe obliterate destroy destroying crush smash shatter break butcher behead "
         "decapitate dismember slaughter slay massacre bomb bombing blow explode detonate "
         "terminate liquidate overpower tackle suffocate slit slash cut burn arson assassinate "
-        "genocide gut chop"),
+        "genocide gut chop shoots stabs stabbed strangled strangling choked choking poisoned "
+        "drowned drowning attacked assaulted beaten punched punching kicked kicking hurting harmed "
+        "injured tortured torturing abused abusing executed executing eliminating exterminating "
+        "eradicating destroyed crushed crushing smashed smashing breaking butchered beheaded "
+        "slaughtered slaughtering massacred bombed blowing exploded terminating terminated suffocated "
+        "slashed cutting burned burning assassinated crack cracking throttle throttling sever "
+        "severing snipe sniping maim mutilate bludgeon ambush"),
     LexiconLane.CRIME_VERB: (
         "steal stealing stole rob robbing hack hacking scam defraud launder counterfeit traffic "
         "trafficking smuggle kidnap kidnapping abduct hostage blackmail extort bribe forge stalk "
@@ -245,7 +251,8 @@ _CUE_WORDS: dict[LexiconLane, str] = {
         "boyfriend partner ex date neighbour neighbor neighbours neighbors boss coworker colleague "
         "classmate classmates teacher student students friend friends family parents mother "
         "father mom dad brother sister president politician police officer cop stranger victim "
-        "population village crowd myself yourself himself herself them"),
+        "population village crowd myself yourself himself herself them soldier soldiers civilian "
+        "civilians troops prisoner prisoners groups"),
     LexiconLane.FICTION: (
         "game games minecraft fortnite video film films movie movies show tv series novel novels "
         "story stories book books character characters fictional fiction play scene episode judo "
@@ -274,14 +281,17 @@ _CUE_WORDS: dict[LexiconLane, str] = {
         "balloon balloons can cans bottle bottles box boxes shed wall walls drywall log logs wood "
         "tree trees stump rock rocks ice glass jar lid piñata pinata beer wine paper cardboard "
         "furniture table chair toy toys ball fence lawn grass brick tile tiles pipe pipes drain "
-        "nail nails screw screws knot clay metal plastic stain stains rust"),
+        "nail nails screw screws knot clay metal plastic stain stains rust photo photos picture "
+        "pictures photograph portrait"),
     LexiconLane.ABSTRACT: (
         "time lights light mood silence tension exam exams test tests interview presentation "
         "performance record deadline deals deal price prices cost costs budget spending debt "
         "poverty hunger disease diseases cancer unemployment inequality pollution competition "
         "fear fears anxiety stress habit habits procrastination boredom doubt doubts idea ideas "
         "problem problems issue issues odds expectations goal goals jobs job plan plans project "
-        "career business market scene competitor competitors weight"),
+        "career business market scene competitor competitors weight employment contract contracts "
+        "relationship relationships ties connection membership subscription lease agreement "
+        "partnership speed traffic noise"),
     LexiconLane.PAST: (
         "did was were happened history historical during century centuries era ancient medieval "
         "empire regime dynasty revolution war wars"),

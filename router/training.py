@@ -77,7 +77,9 @@ class Featurized:
 class TrainSettings:
     seed: int = 7
     epochs: int = 12
-    learning_rate: float = 0.4
+    # 0.2, not 0.4: on the cross-validated figures (seeds 7, 11, 13) the smaller step sent
+    # fewer harmless-but-alarming prompts to the safety model at the same SAFETY recall.
+    learning_rate: float = 0.2
     l2: float = 1e-5
     min_count: int = 2
     folds: int = 4
