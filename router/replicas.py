@@ -250,22 +250,25 @@ try:
         raise ImportError("SLM_PURE_PYTHON=1")
     from router._choice import choose_affinity as _native_choose_affinity
     from router._choice import configure as _configure_native
+    from router._choice import find as _native_find
 except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
     _native_choose_affinity = None
     choose_affinity = choose_affinity_python
+    _find = PlacementMemory.find
 else:
     _configure_native(reference=choose_affinity_python, find_reference=PlacementMemory.find,
                       default_settings=DEFAULT_SETTINGS, spill=_SPILL,
                       block_tokens=BLOCK_TOKENS, id_bits=ID_BITS)
     choose_affinity = _native_choose_affinity
+    _find = _native_find
 NATIVE_CHOICE = _native_choose_affinity is not None  # choose_affinity is the C twin
 
 
 def held_depth(ctx: RoutingContext, fleet: Fleet, replica: str) -> int:
     """Prompt blocks ``replica`` is believed to hold, by the same lookup choice uses."""
-    matched, common, holders = fleet.placements.lookup(ctx.prefix_hashes, ctx.prefix_seen_depth)
-    if replica in holders or (
-            ctx.session_hash and fleet.placements.session(ctx.session_hash) == replica):
+    matched, common, holders, sticky = _find(fleet.placements, ctx.prefix_hashes,
+                                             ctx.prefix_seen_depth, ctx.session_hash)
+    if replica in holders or (sticky is not None and sticky == replica):
         return matched
     return common
 
