@@ -11,7 +11,9 @@
 2. The hot-tenant workload (fabric.replay.trace.HotTenant), the same way.
 3. Replica choice time at 4, 64 and 1,024 replicas: a router's state after replaying
    8,000 Mooncake requests at the same per-replica load, then ``choose_affinity`` timed on
-   the next 2,000 requests' contexts (five passes; the pass with the median p99 is shown).
+   the next 2,000 requests' contexts (five passes; the pass with the median p99 is shown),
+   the C twin (router/_choice.c) and the Python reference side by side, pass for pass.
+   Written to its own section of bench/results.md, which ``--choice-only`` rewrites alone.
 4. With --live: a slice of the trace through a real local fabric (embedded nats-server,
    simulated workers in their own processes), one router and then three.
 
@@ -25,6 +27,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -34,10 +37,11 @@ from fabric.replay import simulate
 from fabric.replay.live import LiveResult, drive, start_fabric
 from fabric.replay.simulate import POLICIES, ReplayConfig, ReplayResult, replay, saturation_speed
 from fabric.replay.trace import BlockText, HotTenant, TraceRecord, chat_request, hot_tenant_trace, read_trace
-from router.replicas import choose_affinity
+from router.replicas import NATIVE_CHOICE, choose_affinity, choose_affinity_python
 
 TRACE = Path(__file__).resolve().parents[1].parent / "shared/data/traces/mooncake_conversation.jsonl"
 COMMAND = "python -m bench.replay"
+CHOICE_PASSES = 5
 
 
 def run_workload(name: str, records: list[TraceRecord], base: ReplayConfig) -> tuple[float, dict[str, ReplayResult]]:
@@ -103,8 +107,19 @@ def hot_seeds(speed: float, seeds: tuple[int, ...]) -> list[tuple[int, ReplayRes
     return out
 
 
-def choice_times(records: list[TraceRecord], sizes: tuple[int, ...], per_replica_speed: float) -> dict[int, tuple[float, float]]:
-    """p50/p99 (µs) of choose_affinity at each fleet size, on a realistic router state."""
+class ChoiceTime(msgspec.Struct, frozen=True):
+    """One implementation's choice time at one fleet size (µs)."""
+
+    p50: float  # of the pass with the median p99
+    p99: float
+    p99_passes: tuple[float, ...]  # every pass's p99, lowest first (the box's noise)
+
+
+def choice_times(records: list[TraceRecord], sizes: tuple[int, ...],
+                 per_replica_speed: float) -> dict[int, dict[str, ChoiceTime]]:
+    """p50/p99 (µs) of choose_affinity at each fleet size, on a realistic router state:
+    the C twin (when built) and the Python reference, timed pass for pass in one run so
+    both see the same moment of the machine, their answers checked equal."""
     captured: dict[str, simulate._SimRouter] = {}
     original = simulate._SimRouter.__init__
 
@@ -112,8 +127,11 @@ def choice_times(records: list[TraceRecord], sizes: tuple[int, ...], per_replica
         original(self, *args, **kwargs)  # type: ignore[arg-type]
         captured["router"] = self
 
+    implementations: dict[str, Callable[..., object]] = {"python": choose_affinity_python}
+    if NATIVE_CHOICE:
+        implementations = {"C": choose_affinity, "python": choose_affinity_python}
     blocks = BlockText()
-    out = {}
+    out: dict[int, dict[str, ChoiceTime]] = {}
     simulate._SimRouter.__init__ = keep  # type: ignore[method-assign]
     try:
         for size in sizes:
@@ -121,23 +139,77 @@ def choice_times(records: list[TraceRecord], sizes: tuple[int, ...], per_replica
             replay(warm, ReplayConfig(replicas=size, speed=per_replica_speed * size / 8))
             router = captured["router"]
             fleet = router.fleet
-            fleet.ring.fill(router.config.settings.max_walk)
+            settings = router.config.settings
+            fleet.ring.fill(settings.max_walk)
             contexts = [router.policy.context(chat_request(r, blocks)) for r in timed]
-            passes = []
-            for _ in range(5):
-                times = []
-                for ctx in contexts:
-                    t0 = time.perf_counter_ns()
-                    choose_affinity(ctx, fleet, router.config.settings)
-                    times.append((time.perf_counter_ns() - t0) / 1e3)
-                passes.append((percentile(times, 50), percentile(times, 99)))
-            passes.sort(key=lambda p: p[1])
-            out[size] = passes[len(passes) // 2]
-            print(f"replica choice at {size} replicas: p50 {out[size][0]:.1f} µs, "
-                  f"p99 {out[size][1]:.1f} µs", file=sys.stderr)
+            differ = sum(choose_affinity(c, fleet, settings) != choose_affinity_python(c, fleet, settings)
+                         for c in contexts)
+            if differ:
+                raise AssertionError(f"{differ} of {len(contexts)} choices differ between C and Python")
+            passes: dict[str, list[tuple[float, float]]] = {name: [] for name in implementations}
+            for _ in range(CHOICE_PASSES):
+                for name, choose in implementations.items():
+                    times = []
+                    for ctx in contexts:
+                        t0 = time.perf_counter_ns()
+                        choose(ctx, fleet, settings)
+                        times.append((time.perf_counter_ns() - t0) / 1e3)
+                    passes[name].append((percentile(times, 50), percentile(times, 99)))
+            out[size] = {}
+            for name, runs in passes.items():
+                runs.sort(key=lambda p: p[1])
+                p50, p99 = runs[len(runs) // 2]
+                out[size][name] = ChoiceTime(p50, p99, tuple(p for _, p in runs))
+                print(f"replica choice at {size} replicas, {name}: p50 {p50:.1f} µs, p99 {p99:.1f} µs "
+                      f"(pass p99s {', '.join(f'{p:.1f}' for _, p in runs)})", file=sys.stderr)
     finally:
         simulate._SimRouter.__init__ = original  # type: ignore[method-assign]
     return out
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def choice_markdown(times: dict[int, dict[str, ChoiceTime]], command: str, load_before: str,
+                    seconds: float) -> str:
+    """The replica choice time section of bench/results.md."""
+    native = NATIVE_CHOICE
+    head = "| replicas | " + ("C p50 | C p99 | C p99 of each pass | " if native else "") + \
+        "Python p50 | Python p99 | Python p99 of each pass |" + (" Python / C (p50, p99) |" if native else "")
+    rows = [head, "|" + "---|" * head.count(" |")]
+    for n, by in times.items():
+        py = by["python"]
+        cells = [f"{n:,}"]
+        if native:
+            c = by["C"]
+            cells += [f"{c.p50:.1f} µs", f"{c.p99:.1f} µs", ", ".join(f"{p:.1f}" for p in c.p99_passes)]
+        cells += [f"{py.p50:.1f} µs", f"{py.p99:.1f} µs", ", ".join(f"{p:.1f}" for p in py.p99_passes)]
+        if native:
+            cells.append(f"{py.p50 / c.p50:.1f}×, {py.p99 / c.p99:.1f}×")
+        rows.append("| " + " | ".join(cells) + " |")
+    twin = ("C: `router._choice.choose_affinity` (router/_choice.c), what the router calls; "
+            "Python: `router.replicas.choose_affinity_python`, the reference (what "
+            "`SLM_PURE_PYTHON=1` runs). Both gave the same answer for every timed context."
+            if native else "router/_choice.c is not built here (or SLM_PURE_PYTHON=1): Python only.")
+    return "\n".join([
+        "## Replica choice time (`router.replicas.choose_affinity`)",
+        "",
+        f"Machine: {machine()}; load average (1 / 5 / 15 min) {load_before} at the start, "
+        f"{load_average()} at the end (other jobs share the 2 cores, and the timings feel it). "
+        f"Command: `{command}` ({seconds:.0f} s).",
+        "",
+        *rows,
+        "",
+        f"{twin} A router's state after 8,000 Mooncake requests at the same load per replica; "
+        f"the next 2,000 requests' contexts (built beforehand, so cold in the CPU caches) timed "
+        f"one call each, {CHOICE_PASSES} passes of each implementation taken in turn, the pass "
+        "with the median p99 shown and every pass's p99 listed. Nothing per request grows "
+        "with the fleet or the records kept: one binary search over the prompt's prefix depths "
+        "(one probe for a new prompt), a lookup table of the hash ring (kept current on joins "
+        "and leaves, filled in the router's upkeep), at most a dozen candidates, and a heap "
+        "read when none of them fits.",
+    ])
 
 
 async def live_runs(records: list[TraceRecord], speed: float, replicas: int, cache_blocks: int) -> dict[str, LiveResult]:
@@ -157,13 +229,19 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true",
                         help="print the results only; leave bench/results.md as it is")
     parser.add_argument("--choice-only", action="store_true",
-                        help="only the replica choice times (implies --no-save)")
+                        help="only the replica choice times (C and Python); rewrites only their "
+                             "section of bench/results.md (unless --no-save)")
     args = parser.parse_args()
     started = time.perf_counter()
+    load_before = load_average()
     if args.choice_only:
         speed = saturation_speed(read_trace(TRACE), ReplayConfig(replicas=8, cache_blocks=4096))
-        choice_times(read_trace(TRACE), (4, 64, 1024), speed)
-        print(f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        times = choice_times(read_trace(TRACE), (4, 64, 1024), speed)
+        text = choice_markdown(times, f"{COMMAND} --choice-only", load_before,
+                               time.perf_counter() - started)
+        if not args.no_save:
+            write_section("replay-choice", text)
+        print(text)
         return
     mooncake = read_trace(TRACE, args.limit)
     base = ReplayConfig(replicas=8, cache_blocks=4096)
@@ -173,7 +251,9 @@ def main() -> None:
     speed_h, hot = run_workload("hot tenant", hot_trace, base)
     seeds = hot_seeds(speed_h, (1, 2, 3, 4, 5))
     per_replica_speed = speed_m
+    choice_started, choice_load = time.perf_counter(), load_average()
     times = choice_times(read_trace(TRACE), (4, 64, 1024), per_replica_speed)
+    choice_text = choice_markdown(times, COMMAND, choice_load, time.perf_counter() - choice_started)
     live = asyncio.run(live_runs(mooncake[: args.live_requests], speed_m, 8, 4096)) if args.live else {}
     hot_spec = HotTenant()
     md = [
@@ -228,18 +308,7 @@ def main() -> None:
           f"{a.ttft_mean:.3f} / {a.ttft_p99:.3f} s | {b.load_max_over_mean:.2f} | {b.of_ceiling:.1%} | "
           f"{b.ttft_mean:.3f} / {b.ttft_p99:.3f} s |" for seed, a, b in seeds],
         "",
-        "### Replica choice time (`router.replicas.choose_affinity`)",
-        "",
-        "| replicas | p50 | p99 |",
-        "|---|---|---|",
-        *[f"| {n:,} | {p50:.1f} µs | {p99:.1f} µs |" for n, (p50, p99) in times.items()],
-        "",
-        "A router's state after 8,000 Mooncake requests at the same load per replica; the next "
-        "2,000 requests' contexts timed one call each, five passes, the pass with the median "
-        "p99 shown. Nothing per request grows with the fleet or the records kept: one binary "
-        "search over the prompt's prefix depths (one probe for a new prompt), a lookup table "
-        "of the hash ring (kept current on joins and leaves, filled in the router's upkeep), "
-        "at most a dozen candidates, and a heap read when none of them fits.",
+        "Replica choice time: the next section (written by this run, or alone by `--choice-only`).",
     ]
     if live:
         md += ["", f"### Live fabric — first {args.live_requests} Mooncake requests, speed {speed_m:.2f}",
@@ -254,7 +323,9 @@ def main() -> None:
     text = "\n".join(md)
     if not args.no_save:
         write_section("replay", text)
+        write_section("replay-choice", choice_text)
     print(text)
+    print(choice_text)
 
 
 if __name__ == "__main__":
