@@ -17,6 +17,7 @@
  *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)
  *   utf8_length(text), block_hashes(parts, digest or its C address, block_chars, max_blocks)
  *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
+ *   see_prefixes(hashes, current, previous)
  *   ClassModel(...), .set_cues(...), class_scores(model, lanes, text_features, signals, cue_sums[, cue_facts])
  *
  * Each must give exactly what the Python code it mirrors gives (router/context.py's
@@ -1160,6 +1161,31 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
     return hashes;
 }
 
+/* ---- the repeatedPrefix memory: router/context.py's PrefixMemory ---- */
+
+/* see_prefixes(hashes, current, previous) -> how many leading hashes either generation
+ * holds (PrefixMemory.seen_depth), after which every hash is put in current with the
+ * value None (remember's update); the caller rolls the generations over. */
+static PyObject *see_prefixes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "see_prefixes(hashes: tuple, current: dict, previous: dict)");
+        return NULL;
+    }
+    PyObject *hashes = args[0], *current = args[1], *previous = args[2];
+    Py_ssize_t n = PyTuple_GET_SIZE(hashes), depth = 0;
+    for (; depth < n; depth++) {
+        PyObject *h = PyTuple_GET_ITEM(hashes, depth);
+        int found = PyDict_Contains(current, h);
+        if (found == 0) found = PyDict_Contains(previous, h);
+        if (found < 0) return NULL;
+        if (!found) break;
+    }
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (PyDict_SetItem(current, PyTuple_GET_ITEM(hashes, k), Py_None) < 0) return NULL;
+    return PyLong_FromSsize_t(depth);
+}
+
 /* ---- the whole read of a prompt: window ends, UTF-8 length, scan ---- */
 
 /* Code point c as UTF-8 (a surrogate in its 3-byte form, as 'surrogatepass' writes it). */
@@ -1842,6 +1868,8 @@ static PyMethodDef methods[] = {
     {"read_prompt", (PyCFunction)(void (*)(void))read_prompt, METH_FASTCALL,
      "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
      "lanes, alnum, digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question)"},
+    {"see_prefixes", (PyCFunction)(void (*)(void))see_prefixes, METH_FASTCALL,
+     "see_prefixes(hashes, current, previous) -> leading hashes seen; then remembers them all in current"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,

@@ -62,10 +62,11 @@ try:
     from router._scan import block_hashes as _native_block_hashes
     from router._scan import read_prompt as _native_read_prompt
     from router._scan import script_census as _native_script_census
+    from router._scan import see_prefixes as _native_see_prefixes
     from router._scan import utf8_length as _native_utf8_length
 except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
     _ScanTable = _native_block_hashes = _native_read_prompt = None
-    _native_script_census = _native_utf8_length = None
+    _native_script_census = _native_utf8_length = _native_see_prefixes = None
 
 # Prompt text is hashed in fixed-size blocks of characters; hashes are chained, so hash i
 # names the whole prompt up to the end of block i. 2,048 characters is about 512 tokens of
@@ -946,6 +947,18 @@ class PrefixMemory:
         if len(self._current) >= self._half:
             self._previous, self._current = self._current, {}
 
+    def see(self, hashes: tuple[int, ...]) -> int:
+        """``seen_depth``, then ``remember``: the context's step, in one C call when the
+        C twin is built (a Python loop and a dict a request otherwise)."""
+        if _native_see_prefixes is None or not hashes:
+            depth = self.seen_depth(hashes)
+            self.remember(hashes)
+            return depth
+        depth: int = _native_see_prefixes(hashes, self._current, self._previous)
+        if len(self._current) >= self._half:
+            self._previous, self._current = self._current, {}
+        return depth
+
 
 _GENERAL = TaskClass.GENERAL
 
@@ -961,8 +974,7 @@ def build_context(
     hashes = part_hashes(view.parts) if view.chars >= PREFIX_BLOCK_CHARS else ()
     seen = 0
     if memory is not None and hashes:
-        seen = memory.seen_depth(hashes)
-        memory.remember(hashes)
+        seen = memory.see(hashes)
     session = request.session
     if scorer is not None:
         scores = scorer.score(view, signals)

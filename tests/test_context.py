@@ -244,3 +244,16 @@ def test_out_of_range_context_fields_are_refused(field: str, value: Any, message
     ctx = msgspec.structs.replace(build_context(request("hello")), **{field: value})
     with pytest.raises(BadContext, match=message):
         check_context(ctx)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.lists(st.integers(0, 40), max_size=6).map(tuple), max_size=30))
+def test_prefix_memory_see_is_seen_depth_then_remember(requests: list[tuple[int, ...]]) -> None:
+    """``see`` (one C call when the twin is built) answers and remembers as ``seen_depth``
+    followed by ``remember`` do, generation roll-overs included."""
+    one_step, two_steps = PrefixMemory(capacity=10), PrefixMemory(capacity=10)
+    for hashes in requests:
+        expected = two_steps.seen_depth(hashes)
+        two_steps.remember(hashes)
+        assert one_step.see(hashes) == expected
+        assert (one_step._current, one_step._previous) == (two_steps._current, two_steps._previous)
