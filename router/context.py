@@ -954,10 +954,10 @@ class PrefixMemory:
             depth = self.seen_depth(hashes)
             self.remember(hashes)
             return depth
-        depth: int = _native_see_prefixes(hashes, self._current, self._previous)
+        seen: int = _native_see_prefixes(hashes, self._current, self._previous)
         if len(self._current) >= self._half:
             self._previous, self._current = self._current, {}
-        return depth
+        return seen
 
 
 _GENERAL = TaskClass.GENERAL
