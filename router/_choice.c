@@ -11,17 +11,20 @@
  *   configure(reference, find_reference, default_settings, spill, block_tokens, id_bits)
  *       called once by router/replicas.py: the Python functions to fall back on and the
  *       constants the Python code computes.
+ *   fallback_count(), fast_fields()
+ *       for tests: calls handed to the Python so far; which attributes are read at offsets.
  *
  * Why: in CPython a choice at 64 replicas cost ~5 us at best and ~11 us for the long
  * Mooncake prompts (a binary search of ~7 probes over two dicts, each probe a few
- * bytecodes and two dict lookups, then a dozen candidates' attribute reads). Here each
- * probe is two dict lookups and each attribute read of a __slots__ object (ReplicaLoad,
- * RoutingContext, the ring, the placement memory) is a load at an offset found once.
+ * bytecodes and two dict lookups, then a dozen candidates' attribute reads). Here a
+ * probe is one or two dict lookups and an attribute read of a __slots__ object (Fleet,
+ * ReplicaLoad, RoutingContext, the ring, the placement memory) a load at an offset found
+ * once. What is left is mostly waiting for memory (README, "Replica choice").
  *
  * It reads the same Python objects the Python code reads (no copy of the state to keep
  * in step), makes the same float operations in the same order (compiled with
  * -ffp-contract=off: no fused multiply-add), and compares ints exactly. Whatever it does
- * not expect (an int past 2**53, a type that is not the plain one, a negative walk) sends
+ * not expect (an int past 2**53, a type that is not the plain one, a walk of no replica) sends
  * the call to the Python reference, which then gives the answer or raises as it would
  * have. tests/test_choice_twin.py checks the two agree on random fleets and histories.
  */
