@@ -1078,7 +1078,9 @@ static PyObject *block_hashes_direct(SeededHash hash, const Segment *segments, P
 /* block_hashes(parts, digest, block_chars, max_blocks) -> tuple of 63-bit ints.
  * parts: a tuple of str read as one string. Chained: h_i = digest(canonical(block_i),
  * h_{i-1}) >> 1 over every full block of block_chars characters (at most max_blocks);
- * digest is xxhash.xxh3_64_intdigest, or (an int) the address of the C function it calls. */
+ * digest is xxhash.xxh3_64_intdigest, or (an int) the address of the C function it calls:
+ * an address is called as given, so only router.context passes one, after checking it
+ * against the digest (xxh3_address). */
 static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 4 || !PyTuple_Check(args[0]) || !(PyCallable_Check(args[1]) || PyLong_Check(args[1]))) {
