@@ -101,8 +101,8 @@ typedef struct {
     long marker_bits[6]; /* fence, stack trace, compiler error, file path, keywords, code ask */
     Py_ssize_t ask_words, ask_reach;
     /* The request-level signals read_prompt computes (set_signals; router/context.py's
-     * python_signals owns them): the token estimate's coefficients, script detection's
-     * byte codes, and the harm lanes in category order. */
+     * signal_settings and python_view own them): the token estimate's coefficients,
+     * script detection's byte codes, and the harm lanes in category order. */
     int signals_set;
     double per_alnum, per_word, per_digit, per_punct, extra_bytes_per_token;
     Py_ssize_t max_chars_per_token;
@@ -573,7 +573,8 @@ static long code_markers(const ScanTable *t, const unsigned char *raw, const uns
     return markers;
 }
 
-/* ---- request-level signals: router/context.py's python_signals ---- */
+/* ---- request-level signals: router/context.py's estimate_from_counts, window_script,
+ * safety_category (what python_view adds to a view) ---- */
 
 static int read_lanes(PyObject *row, int *out, int most, int lexicon_lanes, int *count, const char *what);
 

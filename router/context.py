@@ -439,8 +439,9 @@ class TextView(NamedTuple):
     cue_facts: Any
     # The window's CodeMarker bits (python_code_markers; the C pass computes the same).
     code_markers: int
-    # The request-level signals the window alone gives (python_signals; the C pass computes
-    # the same): the token estimate, the dominant script, the first harm category named,
+    # The request-level signals the window alone gives (python_view reads them with
+    # estimate_from_counts, window_script and safety_category; the C pass computes the
+    # same): the token estimate, the dominant script, the first harm category named,
     # whether it asks a question.
     prompt_tokens: int
     script: Script
