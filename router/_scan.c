@@ -17,7 +17,7 @@
  *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)
  *   utf8_length(text), block_hashes(parts, digest or its C address, block_chars, max_blocks)
  *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
- *   see_prefixes(hashes, current, previous)
+ *   see_prefixes(hashes, current, previous, mask)
  *   ClassModel(...), .set_cues(...), class_scores(model, lanes, text_features, signals, cue_sums[, cue_facts])
  *
  * Each must give exactly what the Python code it mirrors gives (router/context.py's
@@ -1166,27 +1166,50 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
 
 /* ---- the repeatedPrefix memory: router/context.py's PrefixMemory ---- */
 
-/* see_prefixes(hashes, current, previous) -> how many leading hashes either generation
- * holds (PrefixMemory.seen_depth), after which every hash is put in current with the
- * value None (remember's update); the caller rolls the generations over. */
+/* see_prefixes(hashes, current, previous, mask) -> (depth, added): how many leading
+ * hashes either generation holds (PrefixMemory.seen_depth), after which every hash is put
+ * in current with the value None (remember), and how many of them were new there. A
+ * generation is a tuple of dicts; a hash lives in the one its bits `& mask` pick. The
+ * caller rolls the generations over. */
 static PyObject *see_prefixes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "see_prefixes(hashes: tuple, current: dict, previous: dict)");
+    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "see_prefixes(hashes: tuple, current: tuple, previous: tuple, mask: int)");
         return NULL;
     }
     PyObject *hashes = args[0], *current = args[1], *previous = args[2];
-    Py_ssize_t n = PyTuple_GET_SIZE(hashes), depth = 0;
+    unsigned long long mask = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t shards = PyTuple_GET_SIZE(current);
+    if ((unsigned long long)shards != mask + 1 || PyTuple_GET_SIZE(previous) != shards) {
+        PyErr_SetString(PyExc_ValueError, "see_prefixes: each generation holds mask + 1 dicts");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < shards; k++)
+        if (!PyDict_CheckExact(PyTuple_GET_ITEM(current, k)) || !PyDict_CheckExact(PyTuple_GET_ITEM(previous, k))) {
+            PyErr_SetString(PyExc_TypeError, "see_prefixes: a generation's shards are dicts");
+            return NULL;
+        }
+    Py_ssize_t n = PyTuple_GET_SIZE(hashes), depth = 0, added = 0;
     for (; depth < n; depth++) {
         PyObject *h = PyTuple_GET_ITEM(hashes, depth);
-        int found = PyDict_Contains(current, h);
-        if (found == 0) found = PyDict_Contains(previous, h);
+        unsigned long long shard = PyLong_AsUnsignedLongLongMask(h) & mask;
+        if (shard == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+        int found = PyDict_Contains(PyTuple_GET_ITEM(current, shard), h);
+        if (found == 0) found = PyDict_Contains(PyTuple_GET_ITEM(previous, shard), h);
         if (found < 0) return NULL;
         if (!found) break;
     }
-    for (Py_ssize_t k = 0; k < n; k++)
-        if (PyDict_SetItem(current, PyTuple_GET_ITEM(hashes, k), Py_None) < 0) return NULL;
-    return PyLong_FromSsize_t(depth);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *h = PyTuple_GET_ITEM(hashes, k);
+        unsigned long long bits = PyLong_AsUnsignedLongLongMask(h);
+        if (bits == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+        PyObject *shard = PyTuple_GET_ITEM(current, bits & mask);
+        Py_ssize_t before = PyDict_GET_SIZE(shard);
+        if (PyDict_SetItem(shard, h, Py_None) < 0) return NULL;
+        added += PyDict_GET_SIZE(shard) - before;
+    }
+    return Py_BuildValue("nn", depth, added);
 }
 
 /* ---- the whole read of a prompt: window ends, UTF-8 length, scan ---- */
@@ -1872,7 +1895,7 @@ static PyMethodDef methods[] = {
      "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
      "lanes, alnum, digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question)"},
     {"see_prefixes", (PyCFunction)(void (*)(void))see_prefixes, METH_FASTCALL,
-     "see_prefixes(hashes, current, previous) -> leading hashes seen; then remembers them all in current"},
+     "see_prefixes(hashes, current, previous, mask) -> (leading hashes seen, hashes new to current)"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,

@@ -913,18 +913,31 @@ def xxh3_address() -> int | None:
 _NATIVE_DIGEST: Any = (xxh3_address() if _native_block_hashes is not None else None) or _DIGEST
 
 
+# A generation is split over this many dicts by a hash's low bits. One dict of up to 32k
+# hashes grows by doubling, and each doubling copies every entry at once: ~50 us at 5k
+# entries and more above, paid by whichever request crossed the size (one long prompt in
+# a few hundred). A shard's doublings copy 1/64 of that.
+PREFIX_MEMORY_SHARDS = 64
+_SHARD_MASK = PREFIX_MEMORY_SHARDS - 1
+
+
+def _generation() -> tuple[dict[int, None], ...]:
+    return tuple({} for _ in range(PREFIX_MEMORY_SHARDS))
+
+
 class PrefixMemory:
     """Recently seen prefix hashes: the ``repeatedPrefix`` signal.
 
     Two generations of dicts instead of an LRU list: a hash is remembered in the current
     generation; when that holds ``capacity / 2`` hashes it becomes the previous one and
     the one before is dropped. So any hash seen within the last ``capacity / 2`` distinct
-    hashes is remembered, at the cost of one C-level ``dict.update`` per request.
+    hashes is remembered. Each generation is PREFIX_MEMORY_SHARDS dicts (see there).
     """
 
     def __init__(self, capacity: int = 65536) -> None:
-        self._current: dict[int, None] = {}
-        self._previous: dict[int, None] = {}
+        self._current = _generation()
+        self._previous = _generation()
+        self._size = 0  # hashes in the current generation
         self._half = max(capacity // 2, 1)
 
     def seen_depth(self, hashes: tuple[int, ...]) -> int:
@@ -936,7 +949,8 @@ class PrefixMemory:
         current, previous = self._current, self._previous
         depth = 0
         for h in hashes:
-            if h not in current and h not in previous:
+            shard = h & _SHARD_MASK
+            if h not in current[shard] and h not in previous[shard]:
                 break
             depth += 1
         return depth
@@ -944,21 +958,29 @@ class PrefixMemory:
     def remember(self, hashes: tuple[int, ...]) -> None:
         if not hashes:
             return
-        self._current.update(dict.fromkeys(hashes))
-        if len(self._current) >= self._half:
-            self._previous, self._current = self._current, {}
+        current = self._current
+        for h in hashes:
+            shard = current[h & _SHARD_MASK]
+            if h not in shard:
+                shard[h] = None
+                self._size += 1
+        self._roll_over()
 
     def see(self, hashes: tuple[int, ...]) -> int:
         """``seen_depth``, then ``remember``: the context's step, in one C call when the
-        C twin is built (a Python loop and a dict a request otherwise)."""
+        C twin is built (a Python loop a request otherwise)."""
         if _native_see_prefixes is None or not hashes:
             depth = self.seen_depth(hashes)
             self.remember(hashes)
             return depth
-        seen: int = _native_see_prefixes(hashes, self._current, self._previous)
-        if len(self._current) >= self._half:
-            self._previous, self._current = self._current, {}
-        return seen
+        seen, added = _native_see_prefixes(hashes, self._current, self._previous, _SHARD_MASK)
+        self._size += added
+        self._roll_over()
+        return seen  # type: ignore[no-any-return]
+
+    def _roll_over(self) -> None:
+        if self._size >= self._half:
+            self._previous, self._current, self._size = self._current, _generation(), 0
 
 
 _GENERAL = TaskClass.GENERAL
