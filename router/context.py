@@ -706,16 +706,6 @@ def _has_source_path(window: bytes) -> bool:
     return False
 
 
-def structured_kind(request: ChatRequest, view: TextView) -> Structured:
-    if request.tools:
-        return _TOOLS
-    if request.response_format and request.response_format.get("type") in _JSON_FORMATS:
-        return _RESPONSE_FORMAT
-    if view.lanes[_JSON_LANE] and view.lanes[_JSON_ASK_LANE]:
-        return _JSON_TEXT
-    return _NO_STRUCTURE
-
-
 # Script detection reads UTF-8 lead bytes: every non-ASCII character has exactly one, and
 # for the scripts told apart here the lead byte (with the next byte for two of them) names
 # the script. One translate maps each lead byte to its script's code and one count per
@@ -747,11 +737,6 @@ _LETTER_SCRIPTS = (*(s for s in Script if s not in (Script.LATIN, Script.OTHER))
 _E0_SCRIPTS = ((Script.DEVANAGARI, (b"\xe0\xa4", b"\xe0\xa5")), (Script.THAI, (b"\xe0\xb8", b"\xe0\xb9")))
 _E1_LATIN = (b"\xe1\xb8", b"\xe1\xb9", b"\xe1\xba", b"\xe1\xbb")  # U+1E00-1EFF
 _E1_GREEK = (b"\xe1\xbc", b"\xe1\xbd", b"\xe1\xbe", b"\xe1\xbf")  # U+1F00-1FFF
-
-
-def detect_script(view: TextView) -> Script:
-    """The dominant writing system of the window (the view carries it as ``script``)."""
-    return window_script(view.window, view.space_bytes)
 
 
 def window_script(window: bytes, space_bytes: int) -> Script:
