@@ -9,17 +9,19 @@ STAMP  := $(VENV)/.installed
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml setup.py router/_scan.c router/_choice.c
+$(STAMP): pyproject.toml setup.py router/_scan.c router/_choice.c router/_prefix.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@# The router's C twins are optional for users, but where a C compiler exists they must
-	@# build: otherwise tests/test_scan.py and tests/test_choice_twin.py skip themselves and a
-	@# broken router/_scan.c or router/_choice.c goes unnoticed.
+	@# build: otherwise tests/test_scan.py, tests/test_choice_twin.py and tests/test_prefix_memory.py
+	@# skip themselves (or their C half) and a broken router/_scan.c, _choice.c or _prefix.c goes unnoticed.
 	@if command -v cc >/dev/null 2>&1 && ! $(PY) -c "import router._scan"; then \
 		echo "router/_scan.c did not build; see: $(PY) -m pip install -v -e ." >&2; exit 1; fi
 	@if command -v cc >/dev/null 2>&1 && ! $(PY) -c "import router._choice"; then \
 		echo "router/_choice.c did not build; see: $(PY) -m pip install -v -e ." >&2; exit 1; fi
+	@if command -v cc >/dev/null 2>&1 && ! $(PY) -c "import router._prefix"; then \
+		echo "router/_prefix.c did not build; see: $(PY) -m pip install -v -e ." >&2; exit 1; fi
 	touch $(STAMP)
 
 venv: $(STAMP)  ## make the virtualenv with the package and dev tools

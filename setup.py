@@ -1,5 +1,5 @@
-"""Builds the optional C accelerators router._scan and router._choice; everything else is
-in pyproject.toml.
+"""Builds the optional C accelerators router._scan, router._choice and router._prefix;
+everything else is in pyproject.toml.
 
 ``optional=True``: without a C compiler the install still succeeds and router/context.py
 and router/replicas.py use their pure-Python code (same results, slower).
@@ -10,4 +10,6 @@ from setuptools import Extension, setup
 setup(ext_modules=[Extension("router._scan", ["router/_scan.c"], optional=True,
                              extra_compile_args=["-O3", "-ffp-contract=off"]),
                    Extension("router._choice", ["router/_choice.c"], optional=True,
-                             extra_compile_args=["-O3", "-ffp-contract=off"])])
+                             extra_compile_args=["-O3", "-ffp-contract=off"]),
+                   Extension("router._prefix", ["router/_prefix.c"], optional=True,
+                             extra_compile_args=["-O3"])])
