@@ -62,11 +62,16 @@ try:
     from router._scan import block_hashes as _native_block_hashes
     from router._scan import read_prompt as _native_read_prompt
     from router._scan import script_census as _native_script_census
-    from router._scan import see_prefixes as _native_see_prefixes
     from router._scan import utf8_length as _native_utf8_length
 except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
     _ScanTable = _native_block_hashes = _native_read_prompt = None
-    _native_script_census = _native_utf8_length = _native_see_prefixes = None
+    _native_script_census = _native_utf8_length = None
+try:  # the repeatedPrefix memory's C twin (router/_prefix.c), the same way
+    if PURE_PYTHON:
+        raise ImportError("SLM_PURE_PYTHON=1")
+    from router._prefix import PrefixMemory as _NativePrefixMemory
+except ImportError:
+    _NativePrefixMemory = None
 
 # Prompt text is hashed in fixed-size blocks of characters; hashes are chained, so hash i
 # names the whole prompt up to the end of block i. 2,048 characters is about 512 tokens of
@@ -904,22 +909,52 @@ _NATIVE_DIGEST: Any = (xxh3_address() if _native_block_hashes is not None else N
 # a few hundred). A shard's doublings copy 1/64 of that.
 PREFIX_MEMORY_SHARDS = 64
 _SHARD_MASK = PREFIX_MEMORY_SHARDS - 1
+# The C twin allocates its generations up front, so a capacity has a bound (two arrays
+# of 32 GiB at this one); the Python refuses the same capacities, so both take the same.
+PREFIX_MEMORY_MAX_CAPACITY = 1 << 32
+_HASH_LIMIT = 1 << 63  # a prefix hash is 63 bits (prefix_hashes)
+_INTS = repeat(int)  # an endless second argument for isinstance in map()
 
 
 def _generation() -> tuple[dict[int, None], ...]:
     return tuple({} for _ in range(PREFIX_MEMORY_SHARDS))
 
 
-class PrefixMemory:
-    """Recently seen prefix hashes: the ``repeatedPrefix`` signal.
+def check_prefix_hashes(hashes: tuple[int, ...]) -> None:
+    """Raises TypeError or ValueError naming the first hash that is not an int in
+    [0, 2**63), before the memory changes: placement records from other routers bring
+    hashes from the wire. The same errors, word for word, as router/_prefix.c."""
+    if not isinstance(hashes, (tuple, list)):
+        raise TypeError(f"prefix hashes must be a tuple or list of ints, not a {type(hashes).__name__}")
+    # The common case in three C-level passes (~11k instructions for 16 hashes, a third
+    # more on see(): the price of the C's errors in the Python); the loop names the culprit.
+    if all(map(isinstance, hashes, _INTS)) and (
+            not hashes or (min(hashes) >= 0 and max(hashes) < _HASH_LIMIT)):
+        return
+    for i, h in enumerate(hashes):
+        if not isinstance(h, int):
+            raise TypeError(f"prefix hash {i} is a {type(h).__name__}, not an int")
+        if not 0 <= h < _HASH_LIMIT:
+            raise ValueError(f"prefix hash {i} is {h!r}, outside [0, 2**63)")
+
+
+class PythonPrefixMemory:
+    """Recently seen prefix hashes: the ``repeatedPrefix`` signal (the reference; what
+    ``PrefixMemory`` is when router/_prefix.c, its C twin, is not built).
 
     Two generations of dicts instead of an LRU list: a hash is remembered in the current
     generation; when that holds ``capacity / 2`` hashes it becomes the previous one and
     the one before is dropped. So any hash seen within the last ``capacity / 2`` distinct
     hashes is remembered. Each generation is PREFIX_MEMORY_SHARDS dicts (see there).
+    Every method raises TypeError or ValueError for a bad hash (check_prefix_hashes)
+    before it changes anything.
     """
 
     def __init__(self, capacity: int = 65536) -> None:
+        if not isinstance(capacity, int):
+            raise TypeError(f"capacity is a {type(capacity).__name__}, not an int")
+        if capacity > PREFIX_MEMORY_MAX_CAPACITY:
+            raise ValueError(f"capacity {capacity!r}: at most 2**32 hashes")
         self._current = _generation()
         self._previous = _generation()
         self._size = 0  # hashes in the current generation
@@ -931,6 +966,27 @@ class PrefixMemory:
         A request's hashes are remembered together, so a deeper hash is only remembered
         with every shallower one: the first miss ends the count.
         """
+        check_prefix_hashes(hashes)
+        return self._seen_depth(hashes)
+
+    def remember(self, hashes: tuple[int, ...]) -> None:
+        """Puts the hashes in the current generation, then rolls over when it is full."""
+        check_prefix_hashes(hashes)
+        self._remember(hashes)
+
+    def see(self, hashes: tuple[int, ...]) -> int:
+        """``seen_depth``, then ``remember``: the context's step (the hashes checked once)."""
+        check_prefix_hashes(hashes)
+        depth = self._seen_depth(hashes)
+        self._remember(hashes)
+        return depth
+
+    def generations(self) -> tuple[frozenset[int], frozenset[int]]:
+        """The hashes the current and the previous generation hold (for tests)."""
+        return (frozenset(chain.from_iterable(self._current)),
+                frozenset(chain.from_iterable(self._previous)))
+
+    def _seen_depth(self, hashes: tuple[int, ...]) -> int:
         current, previous = self._current, self._previous
         depth = 0
         for h in hashes:
@@ -940,8 +996,8 @@ class PrefixMemory:
             depth += 1
         return depth
 
-    def remember(self, hashes: tuple[int, ...]) -> None:
-        if not hashes:
+    def _remember(self, hashes: tuple[int, ...]) -> None:
+        if not hashes:  # no roll-over check either (router/_prefix.c does the same)
             return
         current = self._current
         for h in hashes:
@@ -951,21 +1007,18 @@ class PrefixMemory:
                 self._size += 1
         self._roll_over()
 
-    def see(self, hashes: tuple[int, ...]) -> int:
-        """``seen_depth``, then ``remember``: the context's step, in one C call when the
-        C twin is built (a Python loop a request otherwise)."""
-        if _native_see_prefixes is None or not hashes:
-            depth = self.seen_depth(hashes)
-            self.remember(hashes)
-            return depth
-        seen, added = _native_see_prefixes(hashes, self._current, self._previous, _SHARD_MASK)
-        self._size += added
-        self._roll_over()
-        return seen  # type: ignore[no-any-return]
-
     def _roll_over(self) -> None:
         if self._size >= self._half:
             self._previous, self._current, self._size = self._current, _generation(), 0
+
+
+# What the router uses: the C twin when built (the same answers, tests/test_prefix_memory.py
+# compares them; a tenth of the instructions for a long prompt's 16 hashes, ~1 us where
+# the dicts took ~5), else the reference above. mypy reads the reference's signatures.
+if TYPE_CHECKING or _NativePrefixMemory is None:
+    PrefixMemory = PythonPrefixMemory
+else:
+    PrefixMemory = _NativePrefixMemory
 
 
 _GENERAL = TaskClass.GENERAL
