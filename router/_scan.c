@@ -11,9 +11,12 @@
  *     the word/bigram table, built once from router/context.py's WordTable (a key is a
  *     word, or two words joined by one space; its value (lexicon mask, class weights));
  *     .set_cues(...) adds what router/scorer.py's safety cues read from the words,
- *     .set_markers(...) what router/context.py's code markers look for.
+ *     .set_markers(...) what router/context.py's code markers look for, .set_signals(...)
+ *     the request-level signals, .set_blocks(...) the prefix-block hashing scheme.
  *   read_prompt(parts, table, head, tail) -> a TextView tuple: the window's two ends
- *     encoded from the prompt's strings as stored (never joined), the UTF-8 length, and
+ *     encoded from the prompt's strings as stored (never joined), the UTF-8 length and
+ *     the prefix-block hashes in one pass over the prompt's memory, the window's scan
+ *     and the request-level signals
  *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)
  *   utf8_length(text), block_hashes(parts, digest or its C address, block_chars, max_blocks)
  *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
@@ -67,6 +70,10 @@ static inline const char *entry_key(const Entry *e, const char *keys) {
     return keys + offset;
 }
 
+/* XXH3_64bits_withSeed's signature: the xxhash package's own C function, which its
+ * xxh3_64_intdigest calls (router.context hands over its address after checking it). */
+typedef uint64_t (*SeededHash)(const void *data, size_t length, uint64_t seed);
+
 /* A short list of short byte strings (a marker's texts), back to back in one buffer. */
 #define MAX_TEXTS 32
 typedef struct {
@@ -113,6 +120,12 @@ typedef struct {
     PyObject *letter_scripts; /* the Script member of each letters[k] */
     int harm_lanes[MAX_LEXICON_LANES], harm_count;
     PyObject *harm_categories; /* the SafetyCategory of each harm lane, then NONE */
+    /* The prefix blocks read_prompt hashes (set_blocks; router/context.py's prefix_hashes
+     * owns the scheme): the digest, or the address of its C function, and the sizes. */
+    int blocks_set;
+    SeededHash block_hash;  /* NULL: call block_digest */
+    PyObject *block_digest;
+    Py_ssize_t block_chars, max_blocks;
 } ScanTable;
 
 /* FNV-1a, 64-bit: byte at a time, but words are short and it streams, so a bigram's
@@ -140,6 +153,7 @@ static void ScanTable_dealloc(ScanTable *self) {
     Py_CLEAR(self->latin);
     Py_CLEAR(self->letter_scripts);
     Py_CLEAR(self->harm_categories);
+    Py_CLEAR(self->block_digest);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -632,6 +646,46 @@ done:
     return result;
 }
 
+/* A digest argument: an int is the address of the C function to call (SeededHash), else
+ * a callable digest(bytes, seed) -> int. 0 with *direct set (NULL for a callable), or -1
+ * with an exception naming `who`. */
+static int read_digest(PyObject *digest, SeededHash *direct, const char *who) {
+    *direct = NULL;
+    if (PyLong_Check(digest)) {
+        *direct = (SeededHash)PyLong_AsVoidPtr(digest);
+        if (!*direct) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: digest address is 0", who);
+            return -1;
+        }
+        return 0;
+    }
+    if (!PyCallable_Check(digest)) {
+        PyErr_Format(PyExc_TypeError, "%s: digest must be callable or a C function's address", who);
+        return -1;
+    }
+    return 0;
+}
+
+/* ScanTable.set_blocks(digest, block_chars, max_blocks): read_prompt() then hashes the
+ * prompt's prefix blocks as block_hashes() does, in the same pass as its UTF-8 count. */
+static PyObject *ScanTable_set_blocks(ScanTable *self, PyObject *args) {
+    PyObject *digest;
+    Py_ssize_t block_chars, max_blocks;
+    SeededHash direct;
+    if (!PyArg_ParseTuple(args, "Onn", &digest, &block_chars, &max_blocks)) return NULL;
+    if (read_digest(digest, &direct, "set_blocks") < 0) return NULL;
+    if (block_chars < 1 || max_blocks < 0) {
+        PyErr_SetString(PyExc_ValueError, "set_blocks: block_chars >= 1 and max_blocks >= 0");
+        return NULL;
+    }
+    self->block_hash = direct;
+    Py_XSETREF(self->block_digest, Py_NewRef(digest));
+    self->block_chars = block_chars;
+    self->max_blocks = max_blocks;
+    self->blocks_set = 1;
+    Py_RETURN_NONE;
+}
+
 /* Characters of each code in w (per_code[256]) and the continuation bytes, as
  * script_census counts them. */
 static Py_ssize_t census(const unsigned char *w, Py_ssize_t n, const unsigned char *codes, const unsigned char *e0_next,
@@ -685,6 +739,9 @@ static PyMethodDef ScanTable_methods[] = {
     {"set_signals", (PyCFunction)ScanTable_set_signals, METH_VARARGS,
      "set_signals(coefficients, max_chars_per_token, codes, e0_next, e1_next, letters, e0_lead, e1_lead, latin, "
      "letter_scripts, harm_lanes, harm_categories): read_prompt() then adds the request-level signals"},
+    {"set_blocks", (PyCFunction)ScanTable_set_blocks, METH_VARARGS,
+     "set_blocks(digest, block_chars, max_blocks): read_prompt() then adds the prompt's chained prefix-block "
+     "hashes (as block_hashes())"},
     {"set_cues", (PyCFunction)ScanTable_set_cues, METH_VARARGS,
      "set_cues(alarming, violent, crime, targets, group, person, cue_words, reach): scan() then returns "
      "the safety cues' word facts for alarming windows"},
@@ -929,7 +986,8 @@ static PyObject *utf8_length(PyObject *module, PyObject *text) {
 #endif
 
 typedef struct {
-    int kind; /* 1, 2 or 4 bytes a character */
+    int kind;  /* 1, 2 or 4 bytes a character */
+    int ascii; /* every character below U+0080 (the str's own flag): no UTF-8 to count */
     const void *data;
     Py_ssize_t length;
 } Segment;
@@ -954,6 +1012,7 @@ static Segment *read_segments(PyObject *parts, Segment *stack, const char *who) 
             return NULL;
         }
         segments[k].kind = PyUnicode_KIND(part);
+        segments[k].ascii = PyUnicode_IS_ASCII(part);
         segments[k].data = PyUnicode_DATA(part);
         segments[k].length = PyUnicode_GET_LENGTH(part);
     }
@@ -984,6 +1043,49 @@ VECTOR_CLONES static Py_UCS4 or_of(const Segment *g, Py_ssize_t start, Py_ssize_
     return top;
 }
 
+/* or_of, and the UTF-8 bytes beyond one a character of the same characters added to
+ * *extra, in the same pass: read_prompt reads a long prompt's memory once for both its
+ * block hashes and its UTF-8 length (a second pass over ~60 KB cost a few µs). The
+ * counts are utf8_extra_of's; 16-bit lanes over runs of COUNT_RUN characters likewise. */
+#define COUNT_RUN 1024
+
+VECTOR_CLONES static Py_UCS4 or_and_extra(const Segment *g, Py_ssize_t start, Py_ssize_t n, Py_ssize_t *extra) {
+    if (g->ascii) return 0;
+    if (g->kind == PyUnicode_1BYTE_KIND) { /* never widens a block: only the count */
+        *extra += utf8_extra_of(PyUnicode_1BYTE_KIND, (const Py_UCS1 *)g->data + start, n);
+        return 0;
+    }
+    Py_ssize_t count = 0;
+    if (g->kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *p = (const Py_UCS2 *)g->data + start;
+        Py_UCS2 top = 0;
+        for (Py_ssize_t at = 0; at < n; at += COUNT_RUN) {
+            Py_ssize_t end = n - at < COUNT_RUN ? n : at + COUNT_RUN;
+            uint16_t run = 0;
+            for (Py_ssize_t i = at; i < end; i++) {
+                top |= p[i];
+                run += (uint16_t)((p[i] > 0x7F) + (p[i] > 0x7FF));
+            }
+            count += run;
+        }
+        *extra += count;
+        return top;
+    }
+    const Py_UCS4 *p = (const Py_UCS4 *)g->data + start;
+    Py_UCS4 top = 0;
+    for (Py_ssize_t at = 0; at < n; at += COUNT_RUN) {
+        Py_ssize_t end = n - at < COUNT_RUN ? n : at + COUNT_RUN;
+        uint32_t run = 0;
+        for (Py_ssize_t i = at; i < end; i++) {
+            top |= p[i];
+            run += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
+        }
+        count += run;
+    }
+    *extra += count;
+    return top;
+}
+
 #define CONVERT(TYPE_IN, TYPE_OUT)                                                             \
     do {                                                                                       \
         const TYPE_IN *p = (const TYPE_IN *)g->data + start;                                   \
@@ -1010,9 +1112,11 @@ VECTOR_CLONES static void write_as(int width, const Segment *g, Py_ssize_t start
 
 /* The canonical bytes of characters [start, start + n) of the segments read as one
  * string: a pointer into a segment's memory when the block lies in one segment stored at
- * its width, else into `out` (room for 4 bytes a character). Sets *size. */
+ * its width, else into `out` (room for 4 bytes a character). Sets *size. With `extra`,
+ * adds the block's UTF-8 bytes beyond one a character to it (or_and_extra). */
 static const unsigned char *canonical_block(const Segment *segments, Py_ssize_t count, Py_ssize_t start,
-                                            Py_ssize_t n, unsigned char *out, Py_ssize_t *size) {
+                                            Py_ssize_t n, unsigned char *out, Py_ssize_t *size,
+                                            Py_ssize_t *extra) {
     Py_UCS4 top = 0;
     Py_ssize_t at = 0, first = -1, pieces = 0;
     for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
@@ -1021,8 +1125,9 @@ static const unsigned char *canonical_block(const Segment *segments, Py_ssize_t 
         if (hi <= lo) continue;
         if (first < 0) first = k;
         pieces++;
+        if (extra) top |= or_and_extra(&segments[k], lo, hi - lo, extra);
         /* A 1-byte segment's characters are all below U+0100: they never widen a block. */
-        if (segments[k].kind != PyUnicode_1BYTE_KIND) top |= or_of(&segments[k], lo, hi - lo);
+        else if (segments[k].kind != PyUnicode_1BYTE_KIND) top |= or_of(&segments[k], lo, hi - lo);
     }
     int width = top < 0x100 ? 1 : top < 0x10000 ? 2 : 4;
     *size = n * width;
@@ -1053,114 +1158,92 @@ static const unsigned char *canonical_block(const Segment *segments, Py_ssize_t 
     return out;
 }
 
-/* XXH3_64bits_withSeed's signature: the xxhash package's own C function, which its
- * xxh3_64_intdigest calls (router.context hands over its address after checking it). */
-typedef uint64_t (*SeededHash)(const void *data, size_t length, uint64_t seed);
+/* Chains *seed through one block: the C function when its address was given (no Python
+ * call, memoryview or int a block: those cost ~0.5 µs, 8x the hashing of a
+ * 2,048-character block itself), else the Python digest. 0, or -1 with an exception. */
+static int digest_block(SeededHash direct, PyObject *digest, const unsigned char *bytes, Py_ssize_t size,
+                        uint64_t *seed) {
+    if (direct) {
+        *seed = direct(bytes, (size_t)size, *seed);
+        return 0;
+    }
+    PyObject *view = PyMemoryView_FromMemory((char *)bytes, size, PyBUF_READ);
+    PyObject *seed_obj = PyLong_FromUnsignedLongLong(*seed);
+    PyObject *call[2] = {view, seed_obj};
+    PyObject *h = view && seed_obj ? PyObject_Vectorcall(digest, call, 2, NULL) : NULL;
+    if (view && Py_REFCNT(view) > 1) { /* the digest kept the view: cut it off the buffer */
+        PyObject *released = PyObject_CallMethod(view, "release", NULL);
+        if (!released) Py_CLEAR(h);
+        Py_XDECREF(released);
+    }
+    Py_XDECREF(view);
+    Py_XDECREF(seed_obj);
+    if (!h) return -1;
+    unsigned long long value = PyLong_AsUnsignedLongLong(h);
+    Py_DECREF(h);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    *seed = value;
+    return 0;
+}
 
-/* The chained hashes through the C function: no Python call, memoryview or int per block
- * (those cost ~0.5 us a block, 8x the hashing of a 2,048-character block itself). */
-static PyObject *block_hashes_direct(SeededHash hash, const Segment *segments, Py_ssize_t count, Py_ssize_t step,
-                                     Py_ssize_t blocks, unsigned char *buffer, PyObject *hashes) {
+/* The chained hashes of the first `blocks` blocks of `step` characters, a new tuple of
+ * 63-bit ints: h_i = digest(canonical(block_i), h_{i-1}) >> 1, chained on the full 64
+ * bits. With `extra`, the blocks' UTF-8 bytes beyond one a character are added to it. */
+#define STACK_BLOCK_BYTES (4 * 2048)
+static PyObject *chain_blocks(SeededHash direct, PyObject *digest, const Segment *segments, Py_ssize_t count,
+                              Py_ssize_t step, Py_ssize_t blocks, Py_ssize_t *extra) {
+    PyObject *hashes = PyTuple_New(blocks);
+    if (!hashes || !blocks) return hashes;
+    unsigned char stack_buffer[STACK_BLOCK_BYTES];
+    unsigned char *buffer = 4 * step <= STACK_BLOCK_BYTES ? stack_buffer : PyMem_Malloc(4 * (size_t)step);
+    if (!buffer) {
+        Py_DECREF(hashes);
+        return PyErr_NoMemory();
+    }
     uint64_t seed = 0;
     for (Py_ssize_t b = 0; b < blocks; b++) {
         Py_ssize_t size;
-        const unsigned char *bytes = canonical_block(segments, count, b * step, step, buffer, &size);
-        seed = hash(bytes, (size_t)size, seed);
-        PyObject *shifted = PyLong_FromUnsignedLongLong(seed >> 1);
+        const unsigned char *bytes = canonical_block(segments, count, b * step, step, buffer, &size, extra);
+        PyObject *shifted = digest_block(direct, digest, bytes, size, &seed) < 0 ? NULL
+                                                                                : PyLong_FromUnsignedLongLong(seed >> 1);
         if (!shifted) {
-            Py_DECREF(hashes);
-            return NULL;
+            Py_CLEAR(hashes);
+            break;
         }
         PyTuple_SET_ITEM(hashes, b, shifted);
     }
+    if (buffer != stack_buffer) PyMem_Free(buffer);
     return hashes;
 }
 
 /* block_hashes(parts, digest, block_chars, max_blocks) -> tuple of 63-bit ints.
- * parts: a tuple of str read as one string. Chained: h_i = digest(canonical(block_i),
- * h_{i-1}) >> 1 over every full block of block_chars characters (at most max_blocks);
- * digest is xxhash.xxh3_64_intdigest, or (an int) the address of the C function it calls:
- * an address is called as given, so only router.context passes one, after checking it
- * against the digest (xxh3_address). */
+ * parts: a tuple of str read as one string. Chained over every full block of block_chars
+ * characters (at most max_blocks; chain_blocks); digest is xxhash.xxh3_64_intdigest, or
+ * (an int) the address of the C function it calls: an address is called as given, so
+ * only router.context passes one, after checking it against the digest (xxh3_address). */
 static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 4 || !PyTuple_Check(args[0]) || !(PyCallable_Check(args[1]) || PyLong_Check(args[1]))) {
+    SeededHash direct;
+    if (nargs != 4 || !PyTuple_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "block_hashes(parts: tuple[str, ...], digest, block_chars, max_blocks)");
         return NULL;
     }
-    SeededHash direct = NULL;
-    if (PyLong_Check(args[1])) {
-        direct = (SeededHash)PyLong_AsVoidPtr(args[1]);
-        if (!direct) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "block_hashes: digest address is 0");
-            return NULL;
-        }
-    }
+    if (read_digest(args[1], &direct, "block_hashes") < 0) return NULL;
     Py_ssize_t step = PyLong_AsSsize_t(args[2]), most = PyLong_AsSsize_t(args[3]);
     if (PyErr_Occurred()) return NULL;
     if (step < 1 || most < 0) {
         PyErr_SetString(PyExc_ValueError, "block_hashes: block_chars >= 1 and max_blocks >= 0");
         return NULL;
     }
-    PyObject *parts = args[0], *digest = args[1];
+    PyObject *parts = args[0];
     Py_ssize_t count = PyTuple_GET_SIZE(parts), total = 0;
     Segment stack_segments[STACK_SEGMENTS];
     Segment *segments = read_segments(parts, stack_segments, "block_hashes");
     if (!segments) return NULL;
     for (Py_ssize_t k = 0; k < count; k++) total += segments[k].length;
-    Py_ssize_t blocks = total / step;
-    if (blocks > most) blocks = most;
-    PyObject *hashes = PyTuple_New(blocks);
-    unsigned char *buffer = hashes && blocks ? PyMem_Malloc(4 * (size_t)step) : NULL;
-    if (!hashes || !blocks || !buffer) {
-        free_segments(segments, stack_segments);
-        if (hashes && blocks && !buffer) {
-            Py_DECREF(hashes);
-            return PyErr_NoMemory();
-        }
-        return hashes;
-    }
-    if (direct) {
-        hashes = block_hashes_direct(direct, segments, count, step, blocks, buffer, hashes);
-        PyMem_Free(buffer);
-        free_segments(segments, stack_segments);
-        return hashes;
-    }
-    PyObject *seed = PyLong_FromLong(0);
-    for (Py_ssize_t b = 0; seed && b < blocks; b++) {
-        Py_ssize_t size;
-        const unsigned char *bytes = canonical_block(segments, count, b * step, step, buffer, &size);
-        PyObject *view = PyMemoryView_FromMemory((char *)bytes, size, PyBUF_READ);
-        PyObject *call[2] = {view, seed};
-        PyObject *h = view ? PyObject_Vectorcall(digest, call, 2, NULL) : NULL;
-        if (view && Py_REFCNT(view) > 1) { /* the digest kept the view: cut it off the buffer */
-            PyObject *released = PyObject_CallMethod(view, "release", NULL);
-            if (!released) Py_CLEAR(h);
-            Py_XDECREF(released);
-        }
-        Py_XDECREF(view);
-        Py_DECREF(seed);
-        seed = h;
-        if (!h) break;
-        unsigned long long value = PyLong_AsUnsignedLongLong(h);
-        if (value == (unsigned long long)-1 && PyErr_Occurred()) {
-            Py_CLEAR(seed);
-            break;
-        }
-        PyObject *shifted = PyLong_FromUnsignedLongLong(value >> 1);
-        if (!shifted) {
-            Py_CLEAR(seed);
-            break;
-        }
-        PyTuple_SET_ITEM(hashes, b, shifted);
-    }
-    PyMem_Free(buffer);
+    Py_ssize_t blocks = total / step < most ? total / step : most;
+    PyObject *hashes = chain_blocks(direct, args[1], segments, count, step, blocks, NULL);
     free_segments(segments, stack_segments);
-    if (!seed) {
-        Py_DECREF(hashes);
-        return NULL;
-    }
-    Py_DECREF(seed);
     return hashes;
 }
 
@@ -1240,23 +1323,34 @@ static inline int put_utf8(Py_UCS4 c, unsigned char *o) {
 
 /* UTF-8 of characters [from, to) of the segments read as one string, into `out`, stopping
  * once `limit` bytes are written (the last character may run past it: room for 3 more). */
+#define ENCODE(TYPE) /* one loop a width: no PyUnicode_READ switch a character */           \
+    do {                                                                                       \
+        const TYPE *p = (const TYPE *)segments[k].data;                                        \
+        for (Py_ssize_t i = lo; i < hi && written < limit; i++) written += put_utf8(p[i], out + written); \
+    } while (0)
+
 static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssize_t from, Py_ssize_t to,
                                unsigned char *out, Py_ssize_t limit) {
     Py_ssize_t written = 0, at = 0;
     for (Py_ssize_t k = 0; k < count && written < limit; at += segments[k].length, k++) {
         Py_ssize_t lo = from > at ? from - at : 0, hi = to - at;
         if (hi > segments[k].length) hi = segments[k].length;
-        for (Py_ssize_t i = lo; i < hi && written < limit; i++)
-            written += put_utf8(PyUnicode_READ(segments[k].kind, segments[k].data, i), out + written);
+        if (segments[k].ascii) { /* its characters are its UTF-8 */
+            Py_ssize_t n = hi - lo < limit - written ? hi - lo : limit - written;
+            if (n > 0) memcpy(out + written, (const Py_UCS1 *)segments[k].data + lo, (size_t)n);
+            written += n > 0 ? n : 0;
+        } else if (segments[k].kind == PyUnicode_1BYTE_KIND) ENCODE(Py_UCS1);
+        else if (segments[k].kind == PyUnicode_2BYTE_KIND) ENCODE(Py_UCS2);
+        else ENCODE(Py_UCS4);
     }
     return written;
 }
+#undef ENCODE
 
 /* Bytes beyond one a character in the UTF-8 of `length` characters stored `kind` bytes
  * each. One loop per width, simple enough for the compiler to vectorise: the 1- and
  * 2-byte loops count in 16-bit lanes over runs of COUNT_RUN characters (at most 2 a
  * character, so a lane cannot overflow), twice the lanes of 32-bit counters. */
-#define COUNT_RUN 1024
 #define CHUNK 65536
 
 VECTOR_CLONES static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssize_t length) {
@@ -1287,15 +1381,30 @@ VECTOR_CLONES static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssi
     return extra;
 }
 
-static inline Py_ssize_t utf8_extra(const Segment *g) { return utf8_extra_of(g->kind, g->data, g->length); }
 
 #define MAX_WINDOW 4096
 
+/* UTF-8 bytes beyond one a character of the segments' characters from `from` on (read
+ * as one string). */
+static Py_ssize_t extra_from(const Segment *segments, Py_ssize_t count, Py_ssize_t from) {
+    Py_ssize_t extra = 0, at = 0;
+    for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
+        Py_ssize_t lo = from > at ? from - at : 0;
+        if (lo >= segments[k].length || segments[k].ascii) continue;
+        extra += utf8_extra_of(segments[k].kind, (const char *)segments[k].data + lo * segments[k].kind,
+                               segments[k].length - lo);
+    }
+    return extra;
+}
+
 /* read_prompt(parts, table, head, tail) -> the TextView tuple of router/context.py:
  * (parts, chars, utf8_bytes, window, word_count, features, lanes, alnum, digits, spaces,
- * cue_facts, code_markers, prompt_tokens, script, safety, question). The window is the prompt's UTF-8 when it is at most head + 1 + tail bytes,
- * else its first `head` bytes, b"\n" and its last `tail` bytes; only those ends are ever
- * encoded, and the parts are never joined. The Python it mirrors: context.read_parts. */
+ * cue_facts, code_markers, prompt_tokens, script, safety, question, prefix_hashes). The
+ * window is the prompt's UTF-8 when it is at most head + 1 + tail bytes, else its first
+ * `head` bytes, b"\n" and its last `tail` bytes; only those ends are ever encoded, and the
+ * parts are never joined. The prefix blocks (set_blocks) are hashed in the same pass
+ * over the prompt's memory that counts its UTF-8 length. The Python it mirrors:
+ * context.read_parts. */
 static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 4 || !PyTuple_Check(args[0]) || !PyObject_TypeCheck(args[1], &ScanTableType)) {
@@ -1308,15 +1417,24 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_Format(PyExc_ValueError, "read_prompt: head and tail >= 0, head + 1 + tail <= %d", MAX_WINDOW);
         return NULL;
     }
+    const ScanTable *t = (const ScanTable *)args[1];
+    if (!t->signals_set || !t->blocks_set) {
+        PyErr_SetString(PyExc_ValueError, "read_prompt: the table has no set_signals or no set_blocks");
+        return NULL;
+    }
     PyObject *parts = args[0];
-    Py_ssize_t count = PyTuple_GET_SIZE(parts), chars = 0, utf8 = 0;
+    Py_ssize_t count = PyTuple_GET_SIZE(parts), chars = 0, extra = 0;
     Segment stack_segments[STACK_SEGMENTS];
     Segment *segments = read_segments(parts, stack_segments, "read_prompt");
     if (!segments) return NULL;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        chars += segments[k].length;
-        utf8 += segments[k].length + (PyUnicode_IS_ASCII(PyTuple_GET_ITEM(parts, k)) ? 0 : utf8_extra(&segments[k]));
+    for (Py_ssize_t k = 0; k < count; k++) chars += segments[k].length;
+    Py_ssize_t blocks = chars / t->block_chars < t->max_blocks ? chars / t->block_chars : t->max_blocks;
+    PyObject *hashes = chain_blocks(t->block_hash, t->block_digest, segments, count, t->block_chars, blocks, &extra);
+    if (!hashes) {
+        free_segments(segments, stack_segments);
+        return NULL;
     }
+    Py_ssize_t utf8 = chars + extra + extra_from(segments, count, blocks * t->block_chars);
     unsigned char window[MAX_WINDOW + 8], ends[4 * MAX_WINDOW + 8];
     Py_ssize_t n;
     if (utf8 <= head + 1 + tail) {
@@ -1330,13 +1448,11 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         n = head + 1 + tail;
     }
     free_segments(segments, stack_segments);
-    const ScanTable *t = (const ScanTable *)args[1];
-    if (!t->signals_set) {
-        PyErr_SetString(PyExc_ValueError, "read_prompt: the table has no set_signals");
+    PyObject *scanned = scan_window(t, window, n);
+    if (!scanned) {
+        Py_DECREF(hashes);
         return NULL;
     }
-    PyObject *scanned = scan_window(t, window, n);
-    if (!scanned) return NULL;
     /* scanned: (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers) */
     PyObject *lanes = PyTuple_GET_ITEM(scanned, 0);
     Py_ssize_t words = PyLong_AsSsize_t(PyTuple_GET_ITEM(scanned, 1)), alnum = PyLong_AsSsize_t(PyTuple_GET_ITEM(scanned, 3));
@@ -1347,7 +1463,7 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
             harm = PyTuple_GET_ITEM(t->harm_categories, k);
             break;
         }
-    PyObject *result = PyTuple_New(16);
+    PyObject *result = PyTuple_New(17);
     PyObject *raw = PyBytes_FromStringAndSize((const char *)window, n);
     PyObject *chars_obj = PyLong_FromSsize_t(chars), *utf8_obj = PyLong_FromSsize_t(utf8);
     PyObject *tokens = PyLong_FromSsize_t(estimate_tokens(t, chars, utf8, n, words, alnum, digits, spaces));
@@ -1360,12 +1476,14 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         Py_XDECREF(tokens);
         Py_XDECREF(script);
         Py_DECREF(scanned);
+        Py_DECREF(hashes);
         return NULL;
     }
     PyTuple_SET_ITEM(result, 12, tokens);
     PyTuple_SET_ITEM(result, 13, script);
     PyTuple_SET_ITEM(result, 14, Py_NewRef(harm));
     PyTuple_SET_ITEM(result, 15, PyBool_FromLong(memchr(window, '?', (size_t)n) != NULL));
+    PyTuple_SET_ITEM(result, 16, hashes);
     PyTuple_SET_ITEM(result, 0, Py_NewRef(parts));
     PyTuple_SET_ITEM(result, 1, chars_obj);
     PyTuple_SET_ITEM(result, 2, utf8_obj);
@@ -1893,7 +2011,8 @@ static PyMethodDef methods[] = {
      "block_hashes(parts, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
     {"read_prompt", (PyCFunction)(void (*)(void))read_prompt, METH_FASTCALL,
      "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
-     "lanes, alnum, digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question)"},
+     "lanes, alnum, digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question, "
+     "prefix_hashes)"},
     {"see_prefixes", (PyCFunction)(void (*)(void))see_prefixes, METH_FASTCALL,
      "see_prefixes(hashes, current, previous, mask) -> (leading hashes seen, hashes new to current)"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,

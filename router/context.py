@@ -356,6 +356,7 @@ class WordTable(dict[Union[bytes, tuple[bytes, bytes]], int]):
                                  BIGRAM_HEAD_WORDS, BIGRAM_TAIL_WORDS)
         self.native.set_markers(*marker_settings())
         self.native.set_signals(*signal_settings())
+        self.native.set_blocks(_NATIVE_DIGEST, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)
         return self
 
     def __setitem__(self, key: bytes | tuple[bytes, bytes], value: int) -> None:
@@ -452,6 +453,10 @@ class TextView(NamedTuple):
     script: Script
     safety: SafetyCategory
     question: bool
+    # The whole prompt's chained prefix-block hashes (prefix_hashes; () below one block).
+    # The C pass hashes the blocks in the same pass over the prompt's memory that counts
+    # its UTF-8 length; the Python pass joins the parts and calls python_prefix_hashes.
+    prefix_hashes: tuple[int, ...] = ()
 
     @property
     def text(self) -> str:
@@ -625,6 +630,7 @@ def python_view(parts: tuple[str, ...], chars: int, utf8_bytes: int, raw: bytes,
         window_script(raw, spaces),
         safety_category(lanes),
         b"?" in raw,  # question
+        python_prefix_hashes("".join(parts)) if chars >= PREFIX_BLOCK_CHARS else (),
     ))
 
 
@@ -812,9 +818,6 @@ def safety_category(lanes: tuple[int, ...]) -> SafetyCategory:
     return _NO_HARM
 
 
-LEXICON_TABLE.seal()  # here, below what sealing hands the C copy: marker_settings(), signal_settings()
-
-
 def read_signals(request: ChatRequest, view: TextView) -> Signals:
     """The request's signals: the view's, and what the request's own fields say."""
     lanes = view.lanes
@@ -826,7 +829,7 @@ def read_signals(request: ChatRequest, view: TextView) -> Signals:
         structured = _JSON_TEXT
     else:
         structured = _NO_STRUCTURE
-    _, _, _, _, _, _, _, _, digits, _, _, markers, tokens, script, safety, question = view  # one unpack
+    _, _, _, _, _, _, _, _, digits, _, _, markers, tokens, script, safety, question, _ = view  # one unpack
     return _new_tuple(Signals, (tokens, markers, structured, script, safety, question, digits))
 
 
@@ -899,8 +902,10 @@ def xxh3_address() -> int | None:
         return None
 
 
-# What the C twin's block_hashes calls: xxhash's C function when found, else the digest.
+# What the C twin's block_hashes and read_prompt call: xxhash's C function when found, else the digest.
 _NATIVE_DIGEST: Any = (xxh3_address() if _native_block_hashes is not None else None) or _DIGEST
+
+LEXICON_TABLE.seal()  # here, below what sealing hands the C copy: marker_settings(), signal_settings(), _NATIVE_DIGEST
 
 
 # A generation is split over this many dicts by a hash's low bits. One dict of up to 32k
@@ -1032,7 +1037,7 @@ def build_context(
     """The request's RoutingContext; scorer fields stay neutral when no scorer is given."""
     view = read_request(request, LEXICON_TABLE if scorer is None else scorer.table)
     signals = read_signals(request, view)
-    hashes = part_hashes(view.parts) if view.chars >= PREFIX_BLOCK_CHARS else ()
+    hashes = view.prefix_hashes
     seen = 0
     if memory is not None and hashes:
         seen = memory.see(hashes)

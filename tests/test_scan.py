@@ -365,6 +365,41 @@ def test_read_prompt_refuses_bad_arguments() -> None:
         scan.read_prompt(("text",), table, 5000, 126)
 
 
+def test_read_prompt_without_its_block_scheme_is_refused() -> None:
+    bare = scan.ScanTable(bytes(range(256)), {}, LEXICON_LANES, CLASS_LANES, 8, 4)
+    bare.set_signals(*context.signal_settings())
+    with pytest.raises(ValueError, match="no set_blocks"):
+        scan.read_prompt(("text",), bare, 382, 126)
+    with pytest.raises(TypeError, match="set_blocks: digest must be callable"):
+        bare.set_blocks("xxh3", PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)
+    with pytest.raises(ValueError, match="set_blocks: digest address is 0"):
+        bare.set_blocks(0, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)
+    with pytest.raises(ValueError, match="block_chars >= 1 and max_blocks >= 0"):
+        bare.set_blocks(xxhash.xxh3_64_intdigest, 0, MAX_PREFIX_BLOCKS)
+
+
+def test_read_prompt_hashes_through_a_python_digest_as_through_its_c_function() -> None:
+    # The router hands read_prompt xxhash's C function (context.xxh3_address); without it,
+    # the digest itself is called: the same hashes either way.
+    table = WordTable(LEXICON_TABLE).seal()
+    table.native.set_blocks(xxhash.xxh3_64_intdigest, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)
+    parts = ("user\x1f", "é" * 10 + "x" * (3 * PREFIX_BLOCK_CHARS), "€\x1e")
+    through_python = context.read_parts(parts, table)
+    assert through_python.prefix_hashes == python_prefix_hashes("".join(parts))
+    assert through_python == context.read_parts(parts, LEXICON_TABLE)
+
+
+def test_read_prompt_counts_the_utf8_past_the_hashed_blocks() -> None:
+    # The hashed blocks' characters are counted as they are hashed; those past the last
+    # block (a partial block, or beyond MAX_PREFIX_BLOCKS) in a second pass.
+    for length in (PREFIX_BLOCK_CHARS + 5, PREFIX_BLOCK_CHARS * MAX_PREFIX_BLOCKS + 7):
+        parts = ("user\x1f", "ж" * length + "é€😀" * 50, "ÿ" * 3 + "\x1e")
+        joined = "".join(parts)
+        view = context.read_parts(parts, shared_scorer().table)
+        assert view.utf8_bytes == len(joined.encode("utf-8"))
+        assert view.prefix_hashes == python_prefix_hashes(joined)
+
+
 def test_a_digest_that_keeps_its_view_cannot_read_freed_memory() -> None:
     kept = []
 
