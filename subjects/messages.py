@@ -9,7 +9,7 @@ map-encoded. No type forbids unknown fields: an older reader must accept a newer
 from __future__ import annotations
 
 import enum
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 
@@ -286,6 +286,12 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
 # ------------------------------------------------------------------------------------
 
 
+# A prefix hash is 63 bits (router.context.prefix_hashes). A placement record from the wire
+# with any other value is refused when it is decoded, before a router's prefix memory
+# (which refuses it too, with an error that would stop the router's record task) sees it.
+PrefixHash = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+
+
 class PlacementRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One router's placement of one request, published for every other router to apply.
 
@@ -300,4 +306,4 @@ class PlacementRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     replica: str
     weight: int  # token weight charged to the replica: prompt + expected output
     session_hash: int  # 0 when the request named no session
-    prefix_hashes: tuple[int, ...]  # the request's chained prefix hashes, every depth
+    prefix_hashes: tuple[PrefixHash, ...]  # the request's chained prefix hashes, every depth

@@ -11,6 +11,7 @@ from subjects.messages import (
     DecisionPath,
     ErrorReply,
     Heartbeat,
+    PlacementRecord,
     RoutingContext,
     SafetyCategory,
     Script,
@@ -107,3 +108,14 @@ def test_bad_message_truncates_the_payload():
         codec.decode_request(b"x" * 10_000, "s")
     assert len(info.value.payload_preview) <= 120
     assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("bad", [-1, 1 << 63])  # msgpack ends at 2**64 - 1
+def test_a_placement_record_with_a_hash_outside_63_bits_is_refused_at_decode(bad: int) -> None:
+    # Records come from other routers over the wire; a router's prefix memory takes only
+    # 63-bit hashes, so a bad one must fail here (the router logs and skips the record).
+    good = PlacementRecord("router-a", "m", "r0", 10, 7, (1, (1 << 63) - 1))
+    assert codec.decode_placement(codec.encode_placement(good)) == good
+    payload = codec.encode_placement(PlacementRecord("router-a", "m", "r0", 10, 7, (1, bad)))
+    with pytest.raises(BadMessage, match=r"bad placement record.*Expected `int` [<>]= .* at `\$\[5\]\[1\]`"):
+        codec.decode_placement(payload)

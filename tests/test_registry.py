@@ -16,7 +16,7 @@ from router.policy import Policy
 from router.registry import ReplicaTable
 from router.rules import DEFAULT_RULES
 from subjects import codec
-from subjects.messages import Heartbeat
+from subjects.messages import Heartbeat, PlacementRecord
 from subjects.settings import replica_bucket_config, work_consumer_config
 from tests.conftest import wait_until
 
@@ -185,3 +185,22 @@ async def test_a_burst_of_one_new_prefix_is_spread_by_the_load_bound(fabric, cli
             for answer in answers:
                 answer.cancel()
             await asyncio.gather(*answers, return_exceptions=True)
+
+
+async def test_a_placement_record_with_a_bad_hash_is_skipped_and_the_router_keeps_applying(fabric, client):
+    # Records come from other routers over the wire: a hash outside 63 bits (which the
+    # prefix memory refuses) must cost that record only, never the router's record task.
+    router = await fabric.router()
+    await fabric.worker(MODEL, "r0")
+    await fabric.wait_for_replicas(1)
+    subject = router.names.placements
+    bad = PlacementRecord("other-router", MODEL, "r0", 100, 0, (21, 1 << 63))
+    good = PlacementRecord("other-router", MODEL, "r0", 100, 0, (31, 32, 33))
+    await client.nc.publish(subject, codec.encode_placement(bad))
+    await client.nc.publish(subject, codec.encode_placement(good))
+    fleet = router.table.fleet(MODEL)
+    await wait_until(lambda: fleet.placements.lookup((31, 32, 33))[0] == 3)
+    assert fleet.placements.lookup((21,))[0] == 0  # nothing of the bad record was applied
+    assert router.policy.memory.seen_depth((31, 32, 33)) == 3
+    answer = await client.complete(chat("still there?", model=MODEL, max_tokens=2), timeout=10)
+    assert answer.replica == "r0"
