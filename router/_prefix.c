@@ -11,7 +11,7 @@
  *
  * Why: the Python memory is two generations of 64 dicts. For an ~8k-token prompt (16
  * chained hashes) one see() cost ~13.5k instructions and ~5 us, even with its loop in C
- * (router/_scan.c's see_prefixes): a dict lookup in each generation and a dict insert per
+ * (router/_scan.c's see_prefixes, now gone): a dict lookup in each generation and a dict insert per
  * hash, each a cache miss or two once the memory holds tens of thousands of hashes, and
  * now and then a dict doubling. Here a generation is one flat array of 64-bit keys (open
  * addressing, linear probing, at most half full at its nominal size), allocated once, so

@@ -20,7 +20,6 @@
  *   scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)
  *   utf8_length(text), block_hashes(parts, digest or its C address, block_chars, max_blocks)
  *   script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead)
- *   see_prefixes(hashes, current, previous, mask)
  *   ClassModel(...), .set_cues(...), class_scores(model, lanes, text_features, signals, cue_sums[, cue_facts])
  *
  * Each must give exactly what the Python code it mirrors gives (router/context.py's
@@ -142,6 +141,35 @@ static inline uint64_t fnv_update(uint64_t h, const unsigned char *p, Py_ssize_t
 }
 
 static inline uint64_t nonzero(uint64_t h) { return h ? h : 1; }
+
+/* memcmp(a, b, n) == 0 for the short words and keys compared here, inline: a library
+ * call a word was a tenth of a window's scan. */
+static inline int same_bytes(const void *a, const void *b, Py_ssize_t n) {
+    const unsigned char *x = a, *y = b;
+    for (; n >= 8; x += 8, y += 8, n -= 8) {
+        uint64_t u, v;
+        memcpy(&u, x, 8);
+        memcpy(&v, y, 8);
+        if (u != v) return 0;
+    }
+    for (; n > 0; n--)
+        if (*x++ != *y++) return 0;
+    return 1;
+}
+
+/* Bytes of w[0..n) equal to a or to b. 8-bit lanes over runs of 255 bytes (a run's count
+ * fits), so the compiler vectorises it: a separate pass costs less than a count in the
+ * word loop's every iteration. */
+VECTOR_CLONES static Py_ssize_t count_either(const unsigned char *w, Py_ssize_t n, unsigned char a, unsigned char b) {
+    Py_ssize_t total = 0;
+    for (Py_ssize_t at = 0; at < n; at += 255) {
+        Py_ssize_t end = n - at < 255 ? n : at + 255;
+        uint8_t run = 0;
+        for (Py_ssize_t i = at; i < end; i++) run += (uint8_t)((w[i] == a) | (w[i] == b));
+        total += run;
+    }
+    return total;
+}
 
 static void ScanTable_dealloc(ScanTable *self) {
     PyMem_Free(self->slots_memory);
@@ -287,9 +315,8 @@ static inline const Entry *lookup(const ScanTable *t, const unsigned char *text,
         if (!e->hash) return NULL;
         if (e->hash == hash && e->key_length == length) {
             const char *key = entry_key(e, t->keys);
-            if (memcmp(key, text + a->start, a->length) == 0 &&
-                (!b || (key[a->length] == ' ' &&
-                        memcmp(key + a->length + 1, text + b->start, b->length) == 0)))
+            if (same_bytes(key, text + a->start, a->length) &&
+                (!b || (key[a->length] == ' ' && same_bytes(key + a->length + 1, text + b->start, b->length))))
                 return e;
         }
         slot = (slot + 1) & t->mask;
@@ -706,9 +733,9 @@ static Py_ssize_t census(const unsigned char *w, Py_ssize_t n, const unsigned ch
 /* context.detect_script: Latin unless other letters make a third of the window's
  * non-space characters; then the first of the most frequent (a new reference). */
 static PyObject *window_script(const ScanTable *t, const unsigned char *w, Py_ssize_t n, Py_ssize_t spaces) {
-    int ascii = 1;
-    for (Py_ssize_t i = 0; i < n && ascii; i++) ascii = w[i] < 0x80;
-    if (ascii) return Py_NewRef(t->latin);
+    unsigned char any = 0; /* no early exit: the OR of every byte vectorises */
+    for (Py_ssize_t i = 0; i < n; i++) any |= w[i];
+    if (any < 0x80) return Py_NewRef(t->latin);
     Py_ssize_t per_code[256] = {0};
     Py_ssize_t continuation = census(w, n, t->script_codes, t->e0_next, t->e1_next, t->e0_lead, t->e1_lead, per_code);
     Py_ssize_t letters = 0, best = 0;
@@ -804,24 +831,24 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
     }
     memset(seen, 0, sizeof(uint32_t) * seen_size);
 
-    Py_ssize_t word_count = 0, separators = 0, digits = 0, spaces = 0, start = -1;
+    Py_ssize_t word_count = 0, start = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = raw[i], w = t->translate[c];
+        unsigned char w = t->translate[raw[i]];
         text[i] = w;
-        spaces += (c == ' ') | (c == '\n');
         if (w == ' ') {
-            separators++;
             if (start >= 0) {
                 words[word_count].start = start;
                 words[word_count].length = i - start;
                 word_count++;
                 start = -1;
             }
-        } else {
-            digits += w == '0';
-            if (start < 0) start = i;
+        } else if (start < 0) {
+            start = i;
         }
     }
+    /* The translation maps separators to ' ' and digits to '0'. */
+    Py_ssize_t separators = count_either(text, n, ' ', ' '), digits = count_either(text, n, '0', '0');
+    Py_ssize_t spaces = count_either(raw, n, ' ', '\n');
     if (start >= 0) {
         words[word_count].start = start;
         words[word_count].length = n - start;
@@ -852,7 +879,7 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
         while (seen[slot]) {
             const Word *other = &words[seen[slot] - 1];
             if (other->length == word->length && other->state == word->state &&
-                memcmp(text + other->start, text + word->start, word->length) == 0) {
+                same_bytes(text + other->start, text + word->start, word->length)) {
                 repeat = 1;
                 break;
             }
@@ -1245,54 +1272,6 @@ static PyObject *block_hashes(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *hashes = chain_blocks(direct, args[1], segments, count, step, blocks, NULL);
     free_segments(segments, stack_segments);
     return hashes;
-}
-
-/* ---- the repeatedPrefix memory: router/context.py's PrefixMemory ---- */
-
-/* see_prefixes(hashes, current, previous, mask) -> (depth, added): how many leading
- * hashes either generation holds (PrefixMemory.seen_depth), after which every hash is put
- * in current with the value None (remember), and how many of them were new there. A
- * generation is a tuple of dicts; a hash lives in the one its bits `& mask` pick. The
- * caller rolls the generations over. */
-static PyObject *see_prefixes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    (void)module;
-    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "see_prefixes(hashes: tuple, current: tuple, previous: tuple, mask: int)");
-        return NULL;
-    }
-    PyObject *hashes = args[0], *current = args[1], *previous = args[2];
-    unsigned long long mask = PyLong_AsUnsignedLongLong(args[3]);
-    if (PyErr_Occurred()) return NULL;
-    Py_ssize_t shards = PyTuple_GET_SIZE(current);
-    if ((unsigned long long)shards != mask + 1 || PyTuple_GET_SIZE(previous) != shards) {
-        PyErr_SetString(PyExc_ValueError, "see_prefixes: each generation holds mask + 1 dicts");
-        return NULL;
-    }
-    for (Py_ssize_t k = 0; k < shards; k++)
-        if (!PyDict_CheckExact(PyTuple_GET_ITEM(current, k)) || !PyDict_CheckExact(PyTuple_GET_ITEM(previous, k))) {
-            PyErr_SetString(PyExc_TypeError, "see_prefixes: a generation's shards are dicts");
-            return NULL;
-        }
-    Py_ssize_t n = PyTuple_GET_SIZE(hashes), depth = 0, added = 0;
-    for (; depth < n; depth++) {
-        PyObject *h = PyTuple_GET_ITEM(hashes, depth);
-        unsigned long long shard = PyLong_AsUnsignedLongLongMask(h) & mask;
-        if (shard == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-        int found = PyDict_Contains(PyTuple_GET_ITEM(current, shard), h);
-        if (found == 0) found = PyDict_Contains(PyTuple_GET_ITEM(previous, shard), h);
-        if (found < 0) return NULL;
-        if (!found) break;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *h = PyTuple_GET_ITEM(hashes, k);
-        unsigned long long bits = PyLong_AsUnsignedLongLongMask(h);
-        if (bits == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-        PyObject *shard = PyTuple_GET_ITEM(current, bits & mask);
-        Py_ssize_t before = PyDict_GET_SIZE(shard);
-        if (PyDict_SetItem(shard, h, Py_None) < 0) return NULL;
-        added += PyDict_GET_SIZE(shard) - before;
-    }
-    return Py_BuildValue("nn", depth, added);
 }
 
 /* ---- the whole read of a prompt: window ends, UTF-8 length, scan ---- */
@@ -2013,8 +1992,6 @@ static PyMethodDef methods[] = {
      "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
      "lanes, alnum, digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question, "
      "prefix_hashes)"},
-    {"see_prefixes", (PyCFunction)(void (*)(void))see_prefixes, METH_FASTCALL,
-     "see_prefixes(hashes, current, previous, mask) -> (leading hashes seen, hashes new to current)"},
     {"script_census", (PyCFunction)(void (*)(void))script_census, METH_FASTCALL,
      "script_census(window, codes, e0_next, e1_next, letters, e0_lead, e1_lead) -> (counts, continuation)"},
     {"class_scores", (PyCFunction)(void (*)(void))class_scores, METH_FASTCALL,
