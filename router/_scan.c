@@ -1070,49 +1070,6 @@ VECTOR_CLONES static Py_UCS4 or_of(const Segment *g, Py_ssize_t start, Py_ssize_
     return top;
 }
 
-/* or_of, and the UTF-8 bytes beyond one a character of the same characters added to
- * *extra, in the same pass: read_prompt reads a long prompt's memory once for both its
- * block hashes and its UTF-8 length (a second pass over ~60 KB cost a few µs). The
- * counts are utf8_extra_of's; 16-bit lanes over runs of COUNT_RUN characters likewise. */
-#define COUNT_RUN 1024
-
-VECTOR_CLONES static Py_UCS4 or_and_extra(const Segment *g, Py_ssize_t start, Py_ssize_t n, Py_ssize_t *extra) {
-    if (g->ascii) return 0;
-    if (g->kind == PyUnicode_1BYTE_KIND) { /* never widens a block: only the count */
-        *extra += utf8_extra_of(PyUnicode_1BYTE_KIND, (const Py_UCS1 *)g->data + start, n);
-        return 0;
-    }
-    Py_ssize_t count = 0;
-    if (g->kind == PyUnicode_2BYTE_KIND) {
-        const Py_UCS2 *p = (const Py_UCS2 *)g->data + start;
-        Py_UCS2 top = 0;
-        for (Py_ssize_t at = 0; at < n; at += COUNT_RUN) {
-            Py_ssize_t end = n - at < COUNT_RUN ? n : at + COUNT_RUN;
-            uint16_t run = 0;
-            for (Py_ssize_t i = at; i < end; i++) {
-                top |= p[i];
-                run += (uint16_t)((p[i] > 0x7F) + (p[i] > 0x7FF));
-            }
-            count += run;
-        }
-        *extra += count;
-        return top;
-    }
-    const Py_UCS4 *p = (const Py_UCS4 *)g->data + start;
-    Py_UCS4 top = 0;
-    for (Py_ssize_t at = 0; at < n; at += COUNT_RUN) {
-        Py_ssize_t end = n - at < COUNT_RUN ? n : at + COUNT_RUN;
-        uint32_t run = 0;
-        for (Py_ssize_t i = at; i < end; i++) {
-            top |= p[i];
-            run += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
-        }
-        count += run;
-    }
-    *extra += count;
-    return top;
-}
-
 #define CONVERT(TYPE_IN, TYPE_OUT)                                                             \
     do {                                                                                       \
         const TYPE_IN *p = (const TYPE_IN *)g->data + start;                                   \
@@ -1139,12 +1096,18 @@ VECTOR_CLONES static void write_as(int width, const Segment *g, Py_ssize_t start
 
 /* The canonical bytes of characters [start, start + n) of the segments read as one
  * string: a pointer into a segment's memory when the block lies in one segment stored at
- * its width, else into `out` (room for 4 bytes a character). Sets *size. With `extra`,
- * adds the block's UTF-8 bytes beyond one a character to it (or_and_extra). */
+ * its width, else into `out` (room for 4 bytes a character). Sets *size.
+ *
+ * With `extra`, adds the block's UTF-8 bytes beyond one a character to it, so read_prompt
+ * reads a long prompt's memory once for both its hashes and its UTF-8 length (a second
+ * pass over ~60 KB cost a few µs). The block's OR, which its width needs anyway, says
+ * whether there is anything to count: more than half the blocks of the bench's long
+ * non-ASCII prompts are all ASCII (a str is stored wide for one character anywhere in
+ * it). The others are counted right after, from the L1 cache. */
 static const unsigned char *canonical_block(const Segment *segments, Py_ssize_t count, Py_ssize_t start,
                                             Py_ssize_t n, unsigned char *out, Py_ssize_t *size,
                                             Py_ssize_t *extra) {
-    Py_UCS4 top = 0;
+    Py_UCS4 top = 0, latin = 0;
     Py_ssize_t at = 0, first = -1, pieces = 0;
     for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
         Py_ssize_t lo = start > at ? start - at : 0, hi = start + n - at;
@@ -1152,9 +1115,19 @@ static const unsigned char *canonical_block(const Segment *segments, Py_ssize_t 
         if (hi <= lo) continue;
         if (first < 0) first = k;
         pieces++;
-        if (extra) top |= or_and_extra(&segments[k], lo, hi - lo, extra);
-        /* A 1-byte segment's characters are all below U+0100: they never widen a block. */
-        else if (segments[k].kind != PyUnicode_1BYTE_KIND) top |= or_of(&segments[k], lo, hi - lo);
+        /* A 1-byte segment's characters are all below U+0100: they never widen a block
+         * (their OR only matters for the UTF-8 count). */
+        if (segments[k].kind != PyUnicode_1BYTE_KIND) top |= or_of(&segments[k], lo, hi - lo);
+        else if (extra && !segments[k].ascii) latin |= or_of(&segments[k], lo, hi - lo);
+    }
+    if (extra && (top | latin) >= 0x80) {
+        at = 0;
+        for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
+            Py_ssize_t lo = start > at ? start - at : 0, hi = start + n - at;
+            if (hi > segments[k].length) hi = segments[k].length;
+            if (hi <= lo || segments[k].ascii) continue;
+            *extra += utf8_extra_of(segments[k].kind, (const char *)segments[k].data + lo * segments[k].kind, hi - lo);
+        }
     }
     int width = top < 0x100 ? 1 : top < 0x10000 ? 2 : 4;
     *size = n * width;
@@ -1330,6 +1303,7 @@ static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssi
  * each. One loop per width, simple enough for the compiler to vectorise: the 1- and
  * 2-byte loops count in 16-bit lanes over runs of COUNT_RUN characters (at most 2 a
  * character, so a lane cannot overflow), twice the lanes of 32-bit counters. */
+#define COUNT_RUN 1024
 #define CHUNK 65536
 
 VECTOR_CLONES static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssize_t length) {
