@@ -1275,10 +1275,26 @@ static inline int put_utf8(Py_UCS4 c, unsigned char *o) {
 
 /* UTF-8 of characters [from, to) of the segments read as one string, into `out`, stopping
  * once `limit` bytes are written (the last character may run past it: room for 3 more). */
-#define ENCODE(TYPE) /* one loop a width: no PyUnicode_READ switch a character */           \
+/* One loop a width (no PyUnicode_READ switch a character), and a run of ASCII
+ * characters taken 8 bytes at a time (HIGH: the bits that are 0 in 8 bytes of ASCII
+ * characters at this width): most of a window's characters are ASCII even in a str
+ * stored wide. A group is taken whole only when each of its characters would have been
+ * written one by one (written + G <= limit), so the result is the same bytes. */
+#define ENCODE(TYPE, HIGH)                                                                     \
     do {                                                                                       \
         const TYPE *p = (const TYPE *)segments[k].data;                                        \
-        for (Py_ssize_t i = lo; i < hi && written < limit; i++) written += put_utf8(p[i], out + written); \
+        enum { G = 8 / sizeof(TYPE) };                                                         \
+        Py_ssize_t i = lo;                                                                     \
+        while (i < hi && written < limit) {                                                    \
+            uint64_t group;                                                                    \
+            if (i + G <= hi && written + G <= limit && (memcpy(&group, p + i, 8), !(group & (HIGH)))) { \
+                for (int j = 0; j < G; j++) out[written + j] = (unsigned char)p[i + j];        \
+                i += G;                                                                        \
+                written += G;                                                                  \
+            } else {                                                                           \
+                written += put_utf8(p[i++], out + written);                                    \
+            }                                                                                  \
+        }                                                                                      \
     } while (0)
 
 static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssize_t from, Py_ssize_t to,
@@ -1291,9 +1307,9 @@ static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssi
             Py_ssize_t n = hi - lo < limit - written ? hi - lo : limit - written;
             if (n > 0) memcpy(out + written, (const Py_UCS1 *)segments[k].data + lo, (size_t)n);
             written += n > 0 ? n : 0;
-        } else if (segments[k].kind == PyUnicode_1BYTE_KIND) ENCODE(Py_UCS1);
-        else if (segments[k].kind == PyUnicode_2BYTE_KIND) ENCODE(Py_UCS2);
-        else ENCODE(Py_UCS4);
+        } else if (segments[k].kind == PyUnicode_1BYTE_KIND) ENCODE(Py_UCS1, 0x8080808080808080ULL);
+        else if (segments[k].kind == PyUnicode_2BYTE_KIND) ENCODE(Py_UCS2, 0xFF80FF80FF80FF80ULL);
+        else ENCODE(Py_UCS4, 0xFFFFFF80FFFFFF80ULL);
     }
     return written;
 }
