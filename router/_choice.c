@@ -8,6 +8,11 @@
  *       the bound, the best three by cost (names break ties), the session first.
  *   find(memory, hashes, hint=0, session_hash=0) -> (matched, common, holders, sticky)
  *       router/placement.py's PlacementMemory.find.
+ *   record(memory, replica, prefix_hashes, session_hash=0) -> None
+ *       router/placement.py's PlacementMemory.record (the claim before each publish): the
+ *       same reads and writes of the same dicts; router.placement.record is this.
+ *   configure_record(memory_type, generations_type, id_bits)
+ *       called once by router/placement.py: the types record mirrors (others: the method).
  *   configure(reference, find_reference, default_settings, spill, block_tokens, id_bits)
  *       called once by router/replicas.py: the Python functions to fall back on and the
  *       constants the Python code computes.
@@ -60,6 +65,7 @@ enum {
     F_WEIGHT, F_REQUESTS, F_LIMIT, F_LOAD_USABLE, F_NAME, F_AS_COLD, F_AS_PREFIX_HIT, F_AS_STICKY,
     F_LOAD_EPSILON, F_MOVE_COST, F_FREE_MOVE_TOKENS, F_FLOOR_REQUESTS, F_DECODE_WEIGHT,
     F_LOAD_COST, F_DEFAULT_OUTPUT_TOKENS, F_RING_CHOICES, F_MAX_WALK, F_FALLBACKS,
+    F_RETIRING, F_CAPACITY, F_FANOUT, F_IDS,
     F_COUNT
 };
 
@@ -82,6 +88,8 @@ static Field fields[F_COUNT] = {
     [F_DECODE_WEIGHT] = {"decode_weight"}, [F_LOAD_COST] = {"load_cost"},
     [F_DEFAULT_OUTPUT_TOKENS] = {"default_output_tokens"}, [F_RING_CHOICES] = {"ring_choices"},
     [F_MAX_WALK] = {"max_walk"}, [F_FALLBACKS] = {"fallbacks"},
+    [F_RETIRING] = {"_retiring"}, [F_CAPACITY] = {"_capacity"}, [F_FANOUT] = {"_fanout"},
+    [F_IDS] = {"_ids"},
 };
 
 static void field_resolve(Field *f, PyTypeObject *tp) {
@@ -110,6 +118,19 @@ static inline PyObject *get(PyObject *obj, int which) {
         }
     }
     return PyObject_GetAttr(obj, f->str);
+}
+
+/* obj.<field> = value (a new reference is taken): 0, or -1 with Python's error. */
+static inline int set(PyObject *obj, int which, PyObject *value) {
+    Field *f = &fields[which];
+    if (Py_TYPE(obj) != f->type) field_resolve(f, Py_TYPE(obj));
+    if (f->offset >= 0) {
+        PyObject **slot = (PyObject **)((char *)obj + f->offset);
+        Py_INCREF(value);
+        Py_XSETREF(*slot, value);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, f->str, value);
 }
 
 /* ---- numbers read exactly ------------------------------------------------------------ */
@@ -786,6 +807,292 @@ done:
     return r;
 }
 
+/* ---- the claim's update (PlacementMemory.record) --------------------------------------- */
+
+/* router/placement.py's PlacementMemory.record, for a memory of the exact types
+ * configure_record named: the same dict reads and writes in the same order, so the two
+ * memories (generations, their insertion order, the retiring one's popitems, the ids) end
+ * up identical. An entry is an int of at most 128 bits here (fanout x id_bits holder bits
+ * below the spread count); tests/test_record_twin.py compares the two after every step. */
+
+typedef unsigned __int128 u128;
+
+/* A prefix hash is hashed once per record, not once per dict read and write (CPython
+ * before 3.13 exports the known-hash dict calls). */
+#if PY_VERSION_HEX < 0x030D0000
+#define DICT_GET(d, k, hash) _PyDict_GetItem_KnownHash((d), (k), (hash))
+#define DICT_SET(d, k, v, hash) _PyDict_SetItem_KnownHash((d), (k), (v), (hash))
+#else
+#define DICT_GET(d, k, hash) PyDict_GetItemWithError((d), (k))
+#define DICT_SET(d, k, v, hash) PyDict_SetItem((d), (k), (v))
+#endif
+
+static PyObject *memory_type;      /* router.placement.PlacementMemory */
+static PyObject *generations_type; /* router.placement._TwoGenerations */
+static int record_id_bits;         /* router.placement.ID_BITS */
+static PyObject *popitem_str, *record_str, *id_str;
+
+/* A non-negative int below 2**128: 0, FALLBACK (anything else), -1 on error. */
+static inline int long_to_u128(PyObject *v, u128 *out) {
+#if PY_VERSION_HEX < 0x030C0000
+    /* CPython 3.11's int: ob_size signed digits of PyLong_SHIFT bits, read directly (the
+     * conversion below costs a few hundred instructions per entry). */
+    if (PyLong_CheckExact(v)) {
+        Py_ssize_t size = Py_SIZE(v);
+        if (size >= 0 && (size_t)size * PyLong_SHIFT <= 128 + PyLong_SHIFT) {
+            const digit *d = ((PyLongObject *)v)->ob_digit;
+            u128 x = 0;
+            for (Py_ssize_t i = size - 1; i >= 0; i--) {
+                if (x >> (128 - PyLong_SHIFT)) return FALLBACK; /* 2**128 or more */
+                x = x << PyLong_SHIFT | d[i];
+            }
+            *out = x;
+            return 0;
+        }
+        if (size < 0) return FALLBACK;
+    }
+#endif
+    uint64_t words[2];
+    int r = int_words(v, words, 2);
+    if (r) return r;
+    *out = (u128)words[1] << 64 | words[0];
+    return 0;
+}
+
+static PyObject *u128_to_long(u128 v) {
+    if (!(v >> 64)) return PyLong_FromUnsignedLongLong((unsigned long long)v);
+#if PY_VERSION_HEX < 0x030C0000
+    /* The digits written directly (_PyLong_FromByteArray cost ~1,500 instructions). */
+    int size = 0;
+    for (u128 t = v; t; t >>= PyLong_SHIFT) size++;
+    PyLongObject *out = _PyLong_New(size);
+    if (!out) return NULL;
+    for (int i = 0; i < size; i++, v >>= PyLong_SHIFT) out->ob_digit[i] = (digit)(v & PyLong_MASK);
+    return (PyObject *)out;
+#endif
+    unsigned char bytes[16];
+    for (int i = 0; i < 16; i++) bytes[i] = (unsigned char)(v >> (8 * i));
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromUnsignedNativeBytes(bytes, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+#else
+    return _PyLong_FromByteArray(bytes, 16, 1, 0);
+#endif
+}
+
+/* A _TwoGenerations read once per call: its dicts (new references) and its size limit. */
+typedef struct {
+    PyObject *obj, *new, *old, *retiring;
+    Py_ssize_t half; /* _capacity // 2: the newer generation is full at this size */
+} Gens;
+
+static void gens_clear(Gens *g) {
+    Py_CLEAR(g->obj);
+    Py_CLEAR(g->new);
+    Py_CLEAR(g->old);
+    Py_CLEAR(g->retiring);
+}
+
+/* 0, FALLBACK (not a _TwoGenerations of plain dicts), -1 on error (g cleared on both). */
+static int gens_read(PyObject *obj, Gens *g) {
+    long long capacity;
+    int r;
+    memset(g, 0, sizeof *g);
+    if ((PyObject *)Py_TYPE(obj) != generations_type) return FALLBACK;
+    Py_INCREF(obj);
+    g->obj = obj;
+    if (!(g->new = get(obj, F_NEW)) || !(g->old = get(obj, F_OLD)) || !(g->retiring = get(obj, F_RETIRING))) {
+        gens_clear(g);
+        return -1;
+    }
+    if ((r = get_int(obj, F_CAPACITY, &capacity))) {
+        gens_clear(g);
+        return r;
+    }
+    if (!PyDict_CheckExact(g->new) || !PyDict_CheckExact(g->old) || !PyDict_CheckExact(g->retiring) ||
+        capacity < 0) {
+        gens_clear(g);
+        return FALLBACK;
+    }
+    g->half = (Py_ssize_t)(capacity / 2);
+    return 0;
+}
+
+/* _TwoGenerations.put, step for step (popitem is the dict's own: the same entries go). */
+static int gens_put(Gens *g, PyObject *key, Py_hash_t hash, PyObject *value) {
+    if (DICT_SET(g->new, key, value, hash) < 0) return -1;
+    for (int i = 0; i < 2 && PyDict_GET_SIZE(g->retiring); i++) {
+        PyObject *item = PyObject_CallMethodNoArgs(g->retiring, popitem_str);
+        if (!item) return -1;
+        Py_DECREF(item);
+    }
+    if (PyDict_GET_SIZE(g->new) >= g->half) {
+        if (PyDict_GET_SIZE(g->retiring)) PyDict_Clear(g->retiring);
+        PyObject *fresh = PyDict_New();
+        if (!fresh) return -1;
+        /* self._retiring = self.old; self.old = self.new; self.new = {} */
+        if (set(g->obj, F_RETIRING, g->old) < 0 || set(g->obj, F_OLD, g->new) < 0 ||
+            set(g->obj, F_NEW, fresh) < 0) {
+            Py_DECREF(fresh);
+            return -1;
+        }
+        Py_SETREF(g->retiring, g->old);
+        g->old = g->new;
+        g->new = fresh;
+    }
+    return 0;
+}
+
+/* PlacementMemory.record: 0, FALLBACK (nothing changed yet), or -1 on error. */
+static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, PyObject *session) {
+    Gens g = {0}, sg = {0};
+    PyObject *prefixes = NULL, *sessions = NULL, *ids = NULL, *rid_obj = NULL, *mask_obj = NULL,
+             *entry = NULL, *value_obj = NULL;
+    long long fanout, shift, full_shift, rid;
+    int r;
+    /* Inputs mirrored here; for anything else the Python method runs (before any change). */
+    if (!memory_type || (PyObject *)Py_TYPE(memory) != memory_type) return FALLBACK;
+    if (!PyTuple_CheckExact(hashes) && !PyList_CheckExact(hashes)) return FALLBACK;
+    if (!PyLong_CheckExact(session)) return FALLBACK;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(hashes);
+    for (Py_ssize_t i = 0; i < n; i++) /* keys whose hashing and == run no Python code */
+        if (!PyLong_CheckExact(PySequence_Fast_ITEMS(hashes)[i])) return FALLBACK;
+    if ((r = get_int(memory, F_FANOUT, &fanout)) || (r = get_int(memory, F_SHARED_SHIFT, &shift)) ||
+        (r = get_int(memory, F_FULL_SHIFT, &full_shift)))
+        return r;
+    const int bits = record_id_bits;
+    /* Every value this call writes fits 128 bits: holders of fanout x bits, the spread
+     * count (at most n) above bit `shift`. */
+    if (fanout < 1 || fanout * bits > 128 || shift < 0 || shift > 127 || full_shift < 0 ||
+        full_shift > 127 || (shift > 64 && n >= ((Py_ssize_t)1 << (128 - shift))))
+        return FALLBACK;
+    int has_session = PyObject_IsTrue(session); /* an exact int: no code runs */
+    r = FALLBACK;
+    if (!(prefixes = get(memory, F_PREFIXES))) goto error;
+    if ((PyObject *)Py_TYPE(prefixes) != generations_type) goto done;
+    if (has_session) {
+        if (!(sessions = get(memory, F_SESSIONS))) goto error;
+        if ((r = gens_read(sessions, &sg))) goto done;
+        r = FALLBACK;
+    }
+    if (!(ids = get(memory, F_IDS))) goto error;
+    if (!PyDict_CheckExact(ids)) goto done;
+    /* self._id(replica): a known name is one dict read; a new one (and the reset after a
+     * million names) is the Python method's job. */
+    rid_obj = PyDict_GetItemWithError(ids, replica);
+    if (rid_obj) {
+        Py_INCREF(rid_obj);
+    } else {
+        if (PyErr_Occurred()) goto error;
+        if (!(rid_obj = PyObject_CallMethodOneArg(memory, id_str, replica))) goto error;
+    }
+    /* From here a FALLBACK is still exact: the Python method's own _id finds the same id. */
+    if ((r = as_int(rid_obj, &rid))) goto done;
+    r = FALLBACK;
+    const u128 id_mask = ((u128)1 << bits) - 1;
+    if (rid < 1 || (u128)rid > id_mask) goto done;
+    /* Read after _id: a reset replaces the generations' dicts. */
+    if ((r = gens_read(prefixes, &g))) goto done;
+    const u128 holder_mask = ((u128)1 << shift) - 1;
+    Py_ssize_t shared = 0;
+    int spreading = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PySequence_Fast_ITEMS(hashes)[i];
+        /* entry = prefixes.get(h); whether h is in new answers `h not in new` below */
+        Py_hash_t hash = PyObject_Hash(h); /* an exact int's: cannot fail */
+        int in_new = 1;
+        PyObject *got = DICT_GET(g.new, h, hash);
+        if (!got) {
+            if (PyErr_Occurred()) goto error;
+            in_new = 0;
+            got = DICT_GET(g.old, h, hash);
+            if (!got && PyErr_Occurred()) goto error;
+        }
+        u128 holders, held = 0;
+        int exact = 0; /* the entry read as `held` */
+        if (!got) {
+            holders = (u128)rid;
+        } else {
+            Py_INCREF(got);
+            entry = got;
+            int c = long_to_u128(entry, &held);
+            if (c < 0) goto error;
+            if (c == 0) {
+                exact = 1;
+                holders = held & holder_mask;
+            } else {
+                /* Wider than 128 bits (a spread count past 2**(128 - shift), written by the
+                 * Python method) or not an int: Python's own `entry & holder_mask`. */
+                if (!mask_obj && !(mask_obj = u128_to_long(holder_mask))) goto error;
+                PyObject *masked = PyNumber_And(entry, mask_obj);
+                if (!masked) goto error;
+                c = long_to_u128(masked, &holders);
+                Py_DECREF(masked);
+                if (c) {
+                    if (c == FALLBACK)
+                        PyErr_SetString(PyExc_TypeError, "placement entry & holder mask is not a non-negative int");
+                    goto error;
+                }
+            }
+            if ((holders & id_mask) != (u128)rid) {
+                /* This replica first, then the others in their order, at most fanout. */
+                u128 rest = holders;
+                holders = (u128)rid;
+                int at = bits;
+                long long count = 1;
+                while (rest && count < fanout) {
+                    u128 other = rest & id_mask;
+                    if (other != (u128)rid) {
+                        holders |= other << at;
+                        at += bits;
+                        count++;
+                    }
+                    rest >>= bits;
+                }
+            }
+        }
+        if (spreading) {
+            if (holders >> full_shift)
+                shared++;
+            else
+                spreading = 0;
+        }
+        u128 value = holders | (u128)shared << shift;
+        /* if entry != value or h not in new: prefixes.put(h, value) */
+        int put = 1;
+        if (entry) {
+            if (exact) {
+                put = held != value;
+            } else {
+                if (!(value_obj = u128_to_long(value))) goto error;
+                if ((put = PyObject_RichCompareBool(entry, value_obj, Py_NE)) < 0) goto error;
+            }
+            put = put || !in_new;
+            Py_CLEAR(entry);
+        }
+        if (put) {
+            if (!value_obj && !(value_obj = u128_to_long(value))) goto error;
+            if (gens_put(&g, h, hash, value_obj) < 0) goto error;
+        }
+        Py_CLEAR(value_obj);
+    }
+    if (has_session && gens_put(&sg, session, PyObject_Hash(session), replica) < 0) goto error;
+    r = 0;
+    goto done;
+error:
+    r = -1;
+done:
+    gens_clear(&g);
+    gens_clear(&sg);
+    Py_XDECREF(prefixes);
+    Py_XDECREF(sessions);
+    Py_XDECREF(ids);
+    Py_XDECREF(rid_obj);
+    Py_XDECREF(mask_obj);
+    Py_XDECREF(entry);
+    Py_XDECREF(value_obj);
+    return r;
+}
+
 /* ---- the module's functions ----------------------------------------------------------- */
 
 static int configured(void) {
@@ -851,6 +1158,40 @@ static PyObject *py_find(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
+static PyObject *py_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static PyObject *zero;
+    if (nargs < 3 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "record(memory, replica, prefix_hashes, session_hash=0)");
+        return NULL;
+    }
+    if (!zero && !(zero = PyLong_FromLong(0))) return NULL;
+    PyObject *session = nargs > 3 ? args[3] : zero;
+    int r = record_core(args[0], args[1], args[2], session);
+    if (r == 0) Py_RETURN_NONE;
+    if (r < 0) return NULL;
+    fallbacks++;
+    return PyObject_CallMethodObjArgs(args[0], record_str, args[1], args[2], session, NULL);
+}
+
+static PyObject *py_configure_record(PyObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"memory_type", "generations_type", "id_bits", NULL};
+    PyObject *memory, *generations;
+    int bits_per_id;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!i", kwlist, &PyType_Type, &memory, &PyType_Type,
+                                     &generations, &bits_per_id))
+        return NULL;
+    if (bits_per_id < 1 || bits_per_id > 64) {
+        PyErr_SetString(PyExc_ValueError, "id_bits must be 1..64");
+        return NULL;
+    }
+    Py_INCREF(memory);
+    Py_XSETREF(memory_type, memory);
+    Py_INCREF(generations);
+    Py_XSETREF(generations_type, generations);
+    record_id_bits = bits_per_id;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_configure(PyObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"reference", "find_reference", "default_settings", "spill",
                              "block_tokens", "id_bits", NULL};
@@ -910,6 +1251,11 @@ static PyMethodDef methods[] = {
     {"find", (PyCFunction)(void (*)(void))py_find, METH_FASTCALL,
      "find(memory, hashes, hint=0, session_hash=0) -> (matched, common, holders, sticky)\n\n"
      "router.placement.PlacementMemory.find in C."},
+    {"record", (PyCFunction)(void (*)(void))py_record, METH_FASTCALL,
+     "record(memory, replica, prefix_hashes, session_hash=0) -> None\n\n"
+     "router.placement.PlacementMemory.record in C: the same changes to the same memory."},
+    {"configure_record", (PyCFunction)(void (*)(void))py_configure_record, METH_VARARGS | METH_KEYWORDS,
+     "configure_record(memory_type, generations_type, id_bits): the types record mirrors."},
     {"configure", (PyCFunction)(void (*)(void))py_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(reference, find_reference, default_settings, spill, block_tokens, id_bits)"},
     {"fast_fields", py_fast_fields, METH_NOARGS,
@@ -931,7 +1277,9 @@ PyMODINIT_FUNC PyInit__choice(void) {
         fields[i].offset = -1;
     }
     if (!(successors_str = PyUnicode_InternFromString("successors")) ||
-        !(least_loaded_str = PyUnicode_InternFromString("least_loaded")))
+        !(least_loaded_str = PyUnicode_InternFromString("least_loaded")) ||
+        !(popitem_str = PyUnicode_InternFromString("popitem")) ||
+        !(record_str = PyUnicode_InternFromString("record")) || !(id_str = PyUnicode_InternFromString("_id")))
         return NULL;
     return PyModule_Create(&module);
 }

@@ -17,8 +17,10 @@ between ``capacity / 2`` and ``capacity`` hashes and every operation is O(1) per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
+
+from router.context import PURE_PYTHON
 
 # More holders than this per prefix would only widen the search without adding a warmer
 # candidate; with 4, a prefix that four replicas served lately counts as fleet-wide.
@@ -278,3 +280,22 @@ class PlacementMemory:
 
     def __len__(self) -> int:
         return len(self._prefixes)
+
+
+# The claim's update in C (router/_choice.c's record: the same reads and writes of the same
+# dicts, ~1/7 of the instructions, on every request), built by setup.py when a C compiler
+# is there; PlacementMemory.record above is the reference, and what SLM_PURE_PYTHON=1 runs.
+# tests/test_record_twin.py checks both leave identical memories.
+record: Callable[[PlacementMemory, str, Sequence[int], int], None]
+try:
+    if PURE_PYTHON:
+        raise ImportError("SLM_PURE_PYTHON=1")
+    from router._choice import configure_record as _configure_record
+    from router._choice import record as _native_record
+except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
+    _native_record = None
+    record = PlacementMemory.record
+else:
+    _configure_record(memory_type=PlacementMemory, generations_type=_TwoGenerations, id_bits=ID_BITS)
+    record = _native_record
+NATIVE_RECORD = _native_record is not None  # record is the C twin

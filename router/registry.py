@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from router.load import ReplicaLoad
-from router.placement import DEFAULT_CAPACITY, DEFAULT_FANOUT, PlacementMemory
+from router.placement import DEFAULT_CAPACITY, DEFAULT_FANOUT, PlacementMemory, record
 from router.ring import VNODES, HashRing
 from subjects.messages import Heartbeat
 
@@ -177,7 +177,7 @@ class Fleet:
     def placed(self, replica: str, weight: int, prefix_hashes: Sequence[int] = (),
                session_hash: int = 0) -> None:
         """A request went to ``replica``'s own queue (this router's, or another's record)."""
-        self.placements.record(replica, prefix_hashes, session_hash)
+        record(self.placements, replica, prefix_hashes, session_hash)  # C twin, or the method
         state = self.members.get(replica)
         if state is None:  # its heartbeat has not arrived yet: the placement still counts
             return
