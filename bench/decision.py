@@ -4,6 +4,9 @@ Stages, timed as router.service times them, with the shipped scorer and rules:
   context  request → RoutingContext (tokenise the window, signals, scorer, prefix hashes)
   model    RoutingContext → model (rules, explicit model, sticky sessions)
   replica  model → ordered replicas (router.replicas, whichever version is on the tree)
+  claim    the chosen replica's placement claim (Policy.placed: the prefix map and its load),
+           which the router makes right after the choice, before the publish; reported
+           beside the whole decision (context + model + replica), and with it
 over every dev prompt (../shared/data/prompts/dev.jsonl), at 4, 64 and 1,024 live
 replicas per model, and over synthetic long prompts (a dev prompt's ask after a document
 made of other dev prompts) of 8 KB, ~8k tokens and 32 KB, and ~8k tokens of ASCII-only
@@ -26,7 +29,8 @@ saturates and every request takes the normal path rather than the ``.any`` spill
 The box is shared with other jobs, so wall time is noisy: the report gives the load
 average before and after, and ``--instructions`` adds a noise-free companion figure,
 instructions per request counted by valgrind (cachegrind) for the model choice (context +
-rules) and for the whole decision (+ replica choice and its bookkeeping).
+rules) and for the whole decision (+ replica choice, its placement claim and the bench's
+queue sample).
 
 Bounce rate: synthetic multi-turn sessions from dev prompts (each turn appends a user
 message to the conversation; 70% of follow-ups come from the first turn's source, 30%
@@ -176,9 +180,11 @@ def _takes_now(method: Any) -> bool:
     return "now" in inspect.signature(method).parameters
 
 
-def replica_stage(policy: Policy, table: ReplicaTable) -> tuple[Any, Any]:
-    """Replica choice, and what to run after it (outside the timing): its own placement
-    bookkeeping, then a sample that leaves the replica's queue at half its capacity."""
+def replica_stage(policy: Policy, table: ReplicaTable) -> tuple[Any, Any, Any]:
+    """Replica choice, its placement claim (the router's bookkeeping right after the
+    choice: timed as its own stage), and what the bench runs after both (untimed): a sample
+    that leaves the replica's queue at half its capacity, as the router's load sampler
+    would see a worker draining it."""
     placed = getattr(policy, "placed", None)  # replica choice's own bookkeeping, if it has any
     choose_replicas: Any = policy.choose_replicas  # its signature moves (another component's)
     if _takes_now(choose_replicas):
@@ -186,18 +192,20 @@ def replica_stage(policy: Policy, table: ReplicaTable) -> tuple[Any, Any]:
     if placed is not None and _takes_now(placed):
         placed = functools.partial(placed, now=0.0)
 
+    def claim(ctx: Any, model: str, candidates: list[Any]) -> None:
+        if candidates and placed is not None:
+            placed(ctx, model, candidates[0][0], table)
+
     def after(ctx: Any, model: str, candidates: list[Any]) -> None:
         if not candidates:
             return
         replica = candidates[0][0]
-        if placed is not None:
-            placed(ctx, model, replica, table)
         fleet = table.fleet(model) if hasattr(table, "fleet") else None
         sample = getattr(fleet, "sample", None)
         if sample is not None and fleet is not None and replica in getattr(fleet, "members", ()):
             sample(replica, CAPACITY // 2)
 
-    return choose_replicas, after
+    return choose_replicas, claim, after
 
 
 # Cold caches: a live router decides between other work (nats-py, asyncio, the client
@@ -228,13 +236,16 @@ def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False) 
     the router decodes a message right before deciding it: the prompt's memory is as warm
     (or, long ones cycling through a bench's megabytes, as cold) as it is in a router."""
     policy, table = new_policy(), replica_table(replicas)
-    choose_replicas, after = replica_stage(policy, table)
+    choose_replicas, claim, after = replica_stage(policy, table)
     for request in WARMUP_REQUESTS:  # untimed: see WARMUP_REQUESTS
         ctx = policy.context(request)
         choice = policy.choose_model(ctx, 0.0)
-        after(ctx, choice.model, choose_replicas(ctx, choice.model, table))
+        candidates = choose_replicas(ctx, choice.model, table)
+        claim(ctx, choice.model, candidates)
+        after(ctx, choice.model, candidates)
     clock = time.perf_counter_ns
-    out: dict[str, list[float]] = {"context": [], "model": [], "replica": [], "total": []}
+    out: dict[str, list[float]] = {"context": [], "model": [], "replica": [], "total": [], "claim": [],
+                                   "with_claim": []}
     for i, payload in enumerate(on_the_wire(requests)):
         if cold:
             evict_caches()
@@ -246,11 +257,15 @@ def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False) 
         t2 = clock()
         candidates = choose_replicas(ctx, choice.model, table)
         t3 = clock()
+        claim(ctx, choice.model, candidates)
+        t4 = clock()
         after(ctx, choice.model, candidates)
         out["context"].append((t1 - t0) / 1e3)
         out["model"].append((t2 - t1) / 1e3)
         out["replica"].append((t3 - t2) / 1e3)
         out["total"].append((t3 - t0) / 1e3)
+        out["claim"].append((t4 - t3) / 1e3)
+        out["with_claim"].append((t4 - t0) / 1e3)
     return out
 
 
@@ -383,13 +398,15 @@ def run_counted(data: Path, workload: str, stages: str, passes: int) -> None:
     if workload == "dev prompts":
         requests = requests[::8]  # valgrind runs ~50x slower: every 8th prompt is plenty
     policy, table = new_policy(), replica_table(4)
-    choose_replicas, after = replica_stage(policy, table)
+    choose_replicas, claim, after = replica_stage(policy, table)
     for _ in range(1 + passes):
         for i, request in enumerate(requests):
             ctx = policy.context(request)
             choice = policy.choose_model(ctx, float(i))
             if stages == "all":
-                after(ctx, choice.model, choose_replicas(ctx, choice.model, table))
+                candidates = choose_replicas(ctx, choice.model, table)
+                claim(ctx, choice.model, candidates)
+                after(ctx, choice.model, candidates)
     print(f"requests={len(requests)}", file=sys.stderr)
 
 
@@ -418,8 +435,9 @@ def instruction_lines(data: Path) -> list[str]:
     lines = ["", "### Instructions per request (valgrind, noise-free)", "",
              "Counted by `valgrind --tool=cachegrind` (`python -m bench.decision --instructions`): "
              "a run with two untimed passes minus a run with none, over 4 replicas per model. "
-             "Model choice = context + rules; whole decision = + replica choice and its bookkeeping "
-             "(placement record, queue sample). Pure Python: the same run with SLM_PURE_PYTHON=1 "
+             "Model choice = context + rules; whole decision = + replica choice, its placement claim, "
+             "and the bench's queue sample (a load sample per request keeps the fleet from saturating; "
+             "the router samples each replica's queue periodically, not per request). Pure Python: the same run with SLM_PURE_PYTHON=1 "
              "(router/_scan.c, the C twin, switched off).", "",
              "| prompts | model choice | model choice, pure Python | whole decision | "
              "whole decision, pure Python | whole decision: pure Python / C twin |",
@@ -476,9 +494,9 @@ def main() -> None:
         "GC on; the box is shared with other jobs, which were not stopped "
         f"(load average 1/5/15 min: {load_before} before, LOAD_AFTER after).", "",
         "| prompts | n | chars (mean) | est. tokens (mean) | replicas/model | context p50 / p99 | "
-        "model p50 / p99 | replica p50 / p99 | **whole decision p50 / p99** | first-cut context p50 / p99 | "
-        "context speed-up (p50) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "model p50 / p99 | replica p50 / p99 | **whole decision p50 / p99** | placement claim p50 / p99 | "
+        "decision + claim p50 / p99 | first-cut context p50 / p99 | context speed-up (p50) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     summary = []
     native_context: dict[str, list[float]] = {}
@@ -496,6 +514,8 @@ def main() -> None:
                 f"{p(stages['model'], 50)} / {p(stages['model'], 99)} | "
                 f"{p(stages['replica'], 50)} / {p(stages['replica'], 99)} | "
                 f"**{p(stages['total'], 50)} / {p(stages['total'], 99)}** | "
+                f"{p(stages['claim'], 50)} / {p(stages['claim'], 99)} | "
+                f"{p(stages['with_claim'], 50)} / {p(stages['with_claim'], 99)} | "
                 f"{p(baseline, 50)} / {p(baseline, 99)} | {speedup:.1f}x |")
             summary.append((name, replicas, percentile(stages["total"], 99)))
             if replicas == REPLICA_COUNTS[0]:
