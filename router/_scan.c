@@ -1371,9 +1371,9 @@ static Py_ssize_t extra_from(const Segment *segments, Py_ssize_t count, Py_ssize
  * cue_facts, code_markers, prompt_tokens, script, safety, question, prefix_hashes). The
  * window is the prompt's UTF-8 when it is at most head + 1 + tail bytes, else its first
  * `head` bytes, b"\n" and its last `tail` bytes; only those ends are ever encoded, and the
- * parts are never joined. The prefix blocks (set_blocks) are hashed in the same pass
- * over the prompt's memory that counts its UTF-8 length. The Python it mirrors:
- * context.read_parts. */
+ * parts are never joined. The prefix blocks (set_blocks) are hashed block by block, each
+ * block's UTF-8 counted while it is in the cache (canonical_block), so the prompt's memory
+ * is read once for both. The Python it mirrors: context.read_parts. */
 static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 4 || !PyTuple_Check(args[0]) || !PyObject_TypeCheck(args[1], &ScanTableType)) {

@@ -454,8 +454,8 @@ class TextView(NamedTuple):
     safety: SafetyCategory
     question: bool
     # The whole prompt's chained prefix-block hashes (prefix_hashes; () below one block).
-    # The C pass hashes the blocks in the same pass over the prompt's memory that counts
-    # its UTF-8 length; the Python pass joins the parts and calls python_prefix_hashes.
+    # The C pass hashes the blocks as it counts the prompt's UTF-8 length, reading its
+    # memory once for both; the Python pass joins the parts and calls python_prefix_hashes.
     prefix_hashes: tuple[int, ...] = ()
 
     @property
