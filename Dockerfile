@@ -2,7 +2,7 @@
 #   docker build -t slm-fabric .            (compose.yaml builds it for you)
 # GPU workers use Dockerfile.vllm instead: the same code on top of vLLM's CUDA image.
 
-# Build stage: a wheel with the router's C twin (router/_scan.c) compiled. The slim image
+# Build stage: a wheel with the router's C twins (router/_scan.c, _prefix.c, _choice.c) compiled. The slim image
 # has no C compiler, and without one the install falls back to the slower Python pass.
 FROM python:3.11-slim AS build
 RUN apt-get update \
