@@ -286,10 +286,13 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
 # ------------------------------------------------------------------------------------
 
 
-# A prefix hash is 63 bits (router.context.prefix_hashes). A placement record from the wire
-# with any other value is refused when it is decoded, before a router's prefix memory
-# (which refuses it too, with an error that would stop the router's record task) sees it.
+# A prefix or session hash is 63 bits (router.context.prefix_hashes, stable_hash). A
+# placement record from the wire with any other value is refused when it is decoded,
+# before a router's prefix memory (which refuses it too, with an error that would stop
+# the router's record task) sees it; so is a negative weight, which would take load off
+# a replica that never had it.
 PrefixHash = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+TokenWeight = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class PlacementRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -304,6 +307,6 @@ class PlacementRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     router: str  # the publishing router's instance id (a router skips its own records)
     model: str
     replica: str
-    weight: int  # token weight charged to the replica: prompt + expected output
-    session_hash: int  # 0 when the request named no session
+    weight: TokenWeight  # token weight charged to the replica: prompt + expected output
+    session_hash: PrefixHash  # 0 when the request named no session
     prefix_hashes: tuple[PrefixHash, ...]  # the request's chained prefix hashes, every depth

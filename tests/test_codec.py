@@ -119,3 +119,13 @@ def test_a_placement_record_with_a_hash_outside_63_bits_is_refused_at_decode(bad
     payload = codec.encode_placement(PlacementRecord("router-a", "m", "r0", 10, 7, (1, bad)))
     with pytest.raises(BadMessage, match=r"bad placement record.*Expected `int` [<>]= .* at `\$\[5\]\[1\]`"):
         codec.decode_placement(payload)
+
+
+@pytest.mark.parametrize(("weight", "session_hash", "where"), [(-1, 7, r"\$\[3\]"), (10, -1, r"\$\[4\]"),
+                                                              (10, 1 << 63, r"\$\[4\]")])
+def test_a_placement_record_with_a_negative_weight_or_a_bad_session_hash_is_refused(
+        weight: int, session_hash: int, where: str) -> None:
+    # A negative weight would take load off a replica that never had it.
+    payload = codec.encode_placement(PlacementRecord("router-a", "m", "r0", weight, session_hash, (1,)))
+    with pytest.raises(BadMessage, match=r"bad placement record.*Expected `int` [<>]= .* at `" + where + "`"):
+        codec.decode_placement(payload)
