@@ -1374,6 +1374,9 @@ static Py_ssize_t extra_from(const Segment *segments, Py_ssize_t count, Py_ssize
  * parts are never joined. The prefix blocks (set_blocks) are hashed block by block, each
  * block's UTF-8 counted while it is in the cache (canonical_block), so the prompt's memory
  * is read once for both. The Python it mirrors: context.read_parts. */
+static PyObject *view_of(const ScanTable *t, const Segment *segments, Py_ssize_t count, PyObject *parts,
+                         Py_ssize_t head, Py_ssize_t tail);
+
 static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 4 || !PyTuple_Check(args[0]) || !PyObject_TypeCheck(args[1], &ScanTableType)) {
@@ -1392,17 +1395,23 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     PyObject *parts = args[0];
-    Py_ssize_t count = PyTuple_GET_SIZE(parts), chars = 0, extra = 0;
     Segment stack_segments[STACK_SEGMENTS];
     Segment *segments = read_segments(parts, stack_segments, "read_prompt");
     if (!segments) return NULL;
+    PyObject *view = view_of(t, segments, PyTuple_GET_SIZE(parts), parts, head, tail);
+    free_segments(segments, stack_segments);
+    return view;
+}
+
+/* read_prompt's work on the prompt as segments (the caller owns them and checked the
+ * table and the window's sizes); `parts` goes into the view as it is. */
+static PyObject *view_of(const ScanTable *t, const Segment *segments, Py_ssize_t count, PyObject *parts,
+                         Py_ssize_t head, Py_ssize_t tail) {
+    Py_ssize_t chars = 0, extra = 0;
     for (Py_ssize_t k = 0; k < count; k++) chars += segments[k].length;
     Py_ssize_t blocks = chars / t->block_chars < t->max_blocks ? chars / t->block_chars : t->max_blocks;
     PyObject *hashes = chain_blocks(t->block_hash, t->block_digest, segments, count, t->block_chars, blocks, &extra);
-    if (!hashes) {
-        free_segments(segments, stack_segments);
-        return NULL;
-    }
+    if (!hashes) return NULL;
     Py_ssize_t utf8 = chars + extra + extra_from(segments, count, blocks * t->block_chars);
     unsigned char window[MAX_WINDOW + 8], ends[4 * MAX_WINDOW + 8];
     Py_ssize_t n;
@@ -1416,7 +1425,6 @@ static PyObject *read_prompt(PyObject *module, PyObject *const *args, Py_ssize_t
         memcpy(window + head + 1, ends + got - tail, (size_t)tail);
         n = head + 1 + tail;
     }
-    free_segments(segments, stack_segments);
     PyObject *scanned = scan_window(t, window, n);
     if (!scanned) {
         Py_DECREF(hashes);
@@ -1861,6 +1869,9 @@ static PyTypeObject ClassModelType;
  * floats. signals: router.context.Signals; cue_sums: the safety cues' class sums or None;
  * cue_facts (a model given set_cues, cue_sums None): the scan's cue facts, from which the
  * safety cues are summed here. */
+static int score(const ClassModel *m, PyObject *lanes, long features, const long *v, PyObject *cues, PyObject *facts,
+                 int *best_out, double *probs);
+
 static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if ((nargs != 5 && nargs != 6) || !PyObject_TypeCheck(args[0], &ClassModelType) || !PyTuple_Check(args[1]) ||
@@ -1870,7 +1881,7 @@ static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     }
     const ClassModel *m = (const ClassModel *)args[0];
-    PyObject *lanes = args[1], *signals = args[3], *cues = args[4];
+    PyObject *lanes = args[1], *signals = args[3];
     if (PyTuple_GET_SIZE(lanes) != m->lexicon_lanes + CLASSES || PyTuple_GET_SIZE(signals) != 7) {
         PyErr_SetString(PyExc_ValueError, "class_scores: lanes or signals of the wrong length");
         return NULL;
@@ -1879,14 +1890,42 @@ static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_
     long v[7];
     for (int i = 0; i < 7; i++) v[i] = PyLong_AsLong(PyTuple_GET_ITEM(signals, i));
     if (PyErr_Occurred()) return NULL;
-    /* Signals: prompt_tokens, code_markers, structured, script, safety, question, digits. */
+    int best;
+    double probs[CLASSES];
+    if (score(m, lanes, features, v, args[4], nargs == 6 ? args[5] : Py_None, &best, probs) < 0) return NULL;
+    PyObject *probabilities = PyTuple_New(CLASSES), *result = NULL;
+    if (!probabilities) return NULL;
+    for (int k = 0; k < CLASSES; k++) {
+        PyObject *p = PyFloat_FromDouble(probs[k]);
+        if (!p) goto fail;
+        PyTuple_SET_ITEM(probabilities, k, p);
+    }
+    PyObject *chosen = PyLong_FromLong(best);
+    if (!chosen || !(result = PyTuple_New(2))) {
+        Py_XDECREF(chosen);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(result, 0, chosen);
+    PyTuple_SET_ITEM(result, 1, probabilities);
+    return result;
+fail:
+    Py_DECREF(probabilities);
+    return NULL;
+}
+
+/* class_scores' arithmetic: the best class into *best and the probabilities into probs.
+ * v: the signals (prompt_tokens, code_markers, structured, script, safety, question,
+ * digits); cues: None or the 5 cue sums; facts: None or the scan's cue facts (summed here
+ * when cues is None). 0, or -1 with an exception. */
+static int score(const ClassModel *m, PyObject *lanes, long features, const long *v, PyObject *cues, PyObject *facts,
+                 int *best_out, double *probs) {
     long tokens = bit_length(v[0]), digits = bit_length(v[6] < 16 ? v[6] : 16);
     Py_ssize_t index[SIGNAL_GROUPS] = {tokens < 16 ? tokens : 16, v[2], v[3], v[4], digits, v[1] & 63};
     int64_t s[CLASSES] = {0};
     for (int g = 0; g < SIGNAL_GROUPS; g++) {
         if (index[g] < 0 || index[g] >= m->sizes[g]) {
             PyErr_Format(PyExc_IndexError, "class_scores: signal group %d has no value %zd", g, index[g]);
-            return NULL;
+            return -1;
         }
         const int32_t *w = m->weights[g] + index[g] * CLASSES;
         for (int k = 0; k < CLASSES; k++) s[k] += w[k];
@@ -1896,22 +1935,22 @@ static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_
     if (cues != Py_None) {
         if (!PyTuple_Check(cues) || PyTuple_GET_SIZE(cues) != CLASSES) {
             PyErr_SetString(PyExc_TypeError, "class_scores: cue_sums must be None or a tuple of 5 ints");
-            return NULL;
+            return -1;
         }
         for (int k = 0; k < CLASSES; k++) s[k] += PyLong_AsLong(PyTuple_GET_ITEM(cues, k));
-        if (PyErr_Occurred()) return NULL;
-    } else if (nargs == 6 && args[5] != Py_None) {
+        if (PyErr_Occurred()) return -1;
+    } else if (facts != Py_None) {
         if (!m->cues.set) {
             PyErr_SetString(PyExc_ValueError, "class_scores: cue_facts given to a model without set_cues");
-            return NULL;
+            return -1;
         }
-        if (cue_sums(&m->cues, lanes, args[5], s) < 0) return NULL;
+        if (cue_sums(&m->cues, lanes, facts, s) < 0) return -1;
     }
     double inv = m->inv_scale, norm = inv / sqrt((double)(features > 1 ? features : 1));
     double z[CLASSES], e[CLASSES], top;
     for (int k = 0; k < CLASSES; k++) {
         long t = PyLong_AsLong(PyTuple_GET_ITEM(lanes, m->lexicon_lanes + k));
-        if (t == -1 && PyErr_Occurred()) return NULL;
+        if (t == -1 && PyErr_Occurred()) return -1;
         z[k] = m->bias[k] + (double)t * norm + (double)s[k] * inv;
     }
     int best = 0;
@@ -1927,24 +1966,9 @@ static PyObject *class_scores(PyObject *module, PyObject *const *args, Py_ssize_
         total += e[k];
     }
     double inv_total = 1.0 / total;
-    PyObject *probabilities = PyTuple_New(CLASSES), *result = NULL;
-    if (!probabilities) return NULL;
-    for (int k = 0; k < CLASSES; k++) {
-        PyObject *p = PyFloat_FromDouble(e[k] * inv_total);
-        if (!p) goto fail;
-        PyTuple_SET_ITEM(probabilities, k, p);
-    }
-    PyObject *chosen = PyLong_FromLong(best);
-    if (!chosen || !(result = PyTuple_New(2))) {
-        Py_XDECREF(chosen);
-        goto fail;
-    }
-    PyTuple_SET_ITEM(result, 0, chosen);
-    PyTuple_SET_ITEM(result, 1, probabilities);
-    return result;
-fail:
-    Py_DECREF(probabilities);
-    return NULL;
+    for (int k = 0; k < CLASSES; k++) probs[k] = e[k] * inv_total;
+    *best_out = best;
+    return 0;
 }
 
 static PyTypeObject ClassModelType = {
@@ -1971,6 +1995,202 @@ static PyTypeObject ScanTableType = {
     .tp_methods = ScanTable_methods,
 };
 
+/* ---- the whole context: router/context.py's build_context in one call ---- */
+
+/* Settings of context_of, from router/context.py (_CONTEXT_SETTINGS), in this order. */
+enum {
+    CTX_TYPE, CTX_TOOLS, CTX_RESPONSE_FORMAT, CTX_JSON_TEXT, CTX_NO_STRUCTURE, CTX_JSON_FORMATS, CTX_JSON_LANE,
+    CTX_JSON_ASK_LANE, CTX_CLASSES, CTX_REASONING, CTX_SAFETY, CTX_HEAD, CTX_TAIL, CTX_SETTINGS
+};
+
+/* The markers around a message's text in the prompt (context.prompt_parts). */
+static const Py_UCS1 ROLE_END[1] = {0x1f}, MESSAGE_END[1] = {0x1e};
+
+/* stable_hash(text): xxh3 of its UTF-8 ('surrogatepass'), shifted to 63 bits. */
+static PyObject *stable_hash_of(const ScanTable *t, PyObject *text) {
+    PyObject *data = PyUnicode_AsEncodedString(text, "utf-8", "surrogatepass");
+    if (!data) return NULL;
+    uint64_t h = 0;
+    int failed = digest_block(t->block_hash, t->block_digest, (const unsigned char *)PyBytes_AS_STRING(data),
+                              PyBytes_GET_SIZE(data), &h);
+    Py_DECREF(data);
+    return failed ? NULL : PyLong_FromUnsignedLongLong(h >> 1);
+}
+
+/* The request's signals.structured (context.read_signals), a borrowed reference. */
+static PyObject *structured_of(PyObject *request, PyObject *lanes, PyObject *settings) {
+    PyObject *tools = PyObject_GetAttrString(request, "tools");
+    if (!tools) return NULL;
+    int has_tools = PyObject_IsTrue(tools);
+    Py_DECREF(tools);
+    if (has_tools < 0) return NULL;
+    if (has_tools) return PyTuple_GET_ITEM(settings, CTX_TOOLS);
+    PyObject *format = PyObject_GetAttrString(request, "response_format");
+    if (!format) return NULL;
+    int json = 0;
+    if (PyDict_Check(format) && PyDict_GET_SIZE(format)) { /* response_format.get("type") in JSON formats */
+        PyObject *type = PyDict_GetItemString(format, "type");
+        json = PySet_Contains(PyTuple_GET_ITEM(settings, CTX_JSON_FORMATS), type ? type : Py_None);
+    } else if (!PyDict_Check(format) && format != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "context_of: response_format must be a dict or None");
+        json = -1;
+    }
+    Py_DECREF(format);
+    if (json < 0) return NULL;
+    if (json) return PyTuple_GET_ITEM(settings, CTX_RESPONSE_FORMAT);
+    long lane = PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_JSON_LANE));
+    long ask = PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_JSON_ASK_LANE));
+    if (PyErr_Occurred()) return NULL;
+    if (PyLong_AsLong(PyTuple_GET_ITEM(lanes, lane)) && PyLong_AsLong(PyTuple_GET_ITEM(lanes, ask)))
+        return PyTuple_GET_ITEM(settings, CTX_JSON_TEXT);
+    return PyTuple_GET_ITEM(settings, CTX_NO_STRUCTURE);
+}
+
+/* context_of(request, table, model, memory, settings) -> RoutingContext: build_context's
+ * work (the prompt read as read_prompt reads it, the signals, the repeated-prefix step,
+ * the session hash, the scores) without a Python frame or tuple between the steps. The
+ * Python build_context is the reference; tests/test_scan.py compares the two. */
+static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 5 || !PyObject_TypeCheck(args[1], &ScanTableType) || !PyObject_TypeCheck(args[2], &ClassModelType) ||
+        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != CTX_SETTINGS) {
+        PyErr_SetString(PyExc_TypeError, "context_of(request, table: ScanTable, model: ClassModel, memory, settings)");
+        return NULL;
+    }
+    PyObject *request = args[0], *memory = args[3], *settings = args[4];
+    const ScanTable *t = (const ScanTable *)args[1];
+    if (!t->signals_set || !t->blocks_set) {
+        PyErr_SetString(PyExc_ValueError, "context_of: the table has no set_signals or no set_blocks");
+        return NULL;
+    }
+    Py_ssize_t head = PyLong_AsSsize_t(PyTuple_GET_ITEM(settings, CTX_HEAD));
+    Py_ssize_t tail = PyLong_AsSsize_t(PyTuple_GET_ITEM(settings, CTX_TAIL));
+    if (PyErr_Occurred()) return NULL;
+    if (head < 0 || tail < 0 || head + 1 + tail > MAX_WINDOW) {
+        PyErr_Format(PyExc_ValueError, "context_of: head and tail >= 0, head + 1 + tail <= %d", MAX_WINDOW);
+        return NULL;
+    }
+    PyObject *messages = PyObject_GetAttrString(request, "messages");
+    if (!messages) return NULL;
+    PyObject *texts = messages && PyList_Check(messages) ? PyTuple_New(2 * PyList_GET_SIZE(messages)) : NULL;
+    if (!texts) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "context_of: request.messages must be a list");
+        Py_DECREF(messages);
+        return NULL;
+    }
+    /* Each message reads as role, "\x1f", text, "\x1e" (context.prompt_parts); `texts`
+     * holds each role and text while the segments point into them. */
+    Py_ssize_t count = 4 * PyList_GET_SIZE(messages);
+    Segment stack_segments[STACK_SEGMENTS], *segments = stack_segments;
+    if (count > STACK_SEGMENTS && !(segments = PyMem_Malloc(sizeof(Segment) * count))) {
+        Py_DECREF(messages);
+        Py_DECREF(texts);
+        return PyErr_NoMemory();
+    }
+    PyObject *view = NULL, *context = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages); i++) {
+        PyObject *message = PyList_GET_ITEM(messages, i);
+        PyObject *role = PyObject_GetAttrString(message, "role"), *text = NULL;
+        PyObject *content = role ? PyObject_GetAttrString(message, "content") : NULL;
+        if (content) {
+            text = PyUnicode_CheckExact(content) ? Py_NewRef(content) : PyObject_CallMethod(message, "text", NULL);
+            Py_DECREF(content);
+        }
+        if (role) PyTuple_SET_ITEM(texts, 2 * i, role);
+        if (text) PyTuple_SET_ITEM(texts, 2 * i + 1, text);
+        if (!role || !text) goto done;
+        if (!PyUnicode_Check(role) || !PyUnicode_Check(text)) {
+            PyErr_SetString(PyExc_TypeError, "context_of: a message's role and text must be str");
+            goto done;
+        }
+        PyObject *strings[2] = {role, text};
+        for (int j = 0; j < 2; j++) {
+            Segment *g = &segments[4 * i + 2 * j];
+            g->kind = PyUnicode_KIND(strings[j]);
+            g->ascii = PyUnicode_IS_ASCII(strings[j]);
+            g->data = PyUnicode_DATA(strings[j]);
+            g->length = PyUnicode_GET_LENGTH(strings[j]);
+            g[1] = (Segment){PyUnicode_1BYTE_KIND, 1, j ? MESSAGE_END : ROLE_END, 1};
+        }
+    }
+    view = view_of(t, segments, count, Py_None, head, tail);
+    if (!view) goto done;
+    /* The view: (parts, chars, utf8_bytes, window, word_count, features, lanes, alnum,
+     * digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question,
+     * prefix_hashes). */
+    PyObject *lanes = PyTuple_GET_ITEM(view, 6), *hashes = PyTuple_GET_ITEM(view, 16);
+    PyObject *structured = structured_of(request, lanes, settings);
+    if (!structured) goto done;
+    PyObject *signal_objects[7] = {PyTuple_GET_ITEM(view, 12), PyTuple_GET_ITEM(view, 11), structured,
+                                   PyTuple_GET_ITEM(view, 13), PyTuple_GET_ITEM(view, 14), PyTuple_GET_ITEM(view, 15),
+                                   PyTuple_GET_ITEM(view, 8)};
+    long v[7];
+    for (int i = 0; i < 7; i++) v[i] = PyLong_AsLong(signal_objects[i]);
+    long features = PyLong_AsLong(PyTuple_GET_ITEM(view, 5));
+    if (PyErr_Occurred()) goto done;
+    PyObject *seen = NULL;
+    if (memory != Py_None && PyTuple_GET_SIZE(hashes)) {
+        PyObject *name = PyUnicode_InternFromString("see");
+        seen = name ? PyObject_CallMethodOneArg(memory, name, hashes) : NULL;
+        Py_XDECREF(name);
+    } else {
+        seen = PyLong_FromLong(0);
+    }
+    if (!seen) goto done;
+    PyObject *session = PyObject_GetAttrString(request, "session"), *session_hash = NULL;
+    if (session) {
+        int named = PyObject_IsTrue(session);
+        session_hash = named < 0 ? NULL : named ? stable_hash_of(t, session) : PyLong_FromLong(0);
+        Py_DECREF(session);
+    }
+    int best;
+    double probs[CLASSES];
+    PyObject *model = NULL, *max_tokens = NULL;
+    if (!session_hash || score((const ClassModel *)args[2], lanes, features, v, Py_None, PyTuple_GET_ITEM(view, 10),
+                               &best, probs) < 0)
+        goto scored;
+    model = PyObject_GetAttrString(request, "model"); /* "" when it is "auto" */
+    if (model) {
+        PyObject *automatic = PyUnicode_FromString("auto");
+        int is_auto = automatic ? PyObject_RichCompareBool(model, automatic, Py_EQ) : -1;
+        Py_XDECREF(automatic);
+        if (is_auto < 0) Py_CLEAR(model);
+        else if (is_auto) Py_SETREF(model, PyUnicode_New(0, 0));
+    }
+    max_tokens = model ? PyObject_GetAttrString(request, "max_tokens") : NULL;
+    if (max_tokens) {
+        int given = PyObject_IsTrue(max_tokens);
+        if (given < 0) Py_CLEAR(max_tokens);
+        else if (!given) Py_SETREF(max_tokens, PyLong_FromLong(0));
+    }
+    if (max_tokens) {
+        PyObject *complexity = PyFloat_FromDouble(probs[PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_REASONING))]);
+        PyObject *confidence = PyFloat_FromDouble(probs[best]);
+        PyObject *safety = PyFloat_FromDouble(probs[PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_SAFETY))]);
+        PyObject *classes = PyTuple_GET_ITEM(settings, CTX_CLASSES);
+        if (complexity && confidence && safety && !PyErr_Occurred() && best < PyTuple_GET_SIZE(classes)) {
+            PyObject *fields[14] = {signal_objects[0], signal_objects[1], structured, signal_objects[3],
+                                    signal_objects[4], session_hash, hashes, seen, complexity, model, max_tokens,
+                                    PyTuple_GET_ITEM(classes, best), confidence, safety};
+            context = PyObject_Vectorcall(PyTuple_GET_ITEM(settings, CTX_TYPE), fields, 14, NULL);
+        }
+        Py_XDECREF(complexity);
+        Py_XDECREF(confidence);
+        Py_XDECREF(safety);
+    }
+scored:
+    Py_XDECREF(model);
+    Py_XDECREF(max_tokens);
+    Py_XDECREF(session_hash);
+    Py_DECREF(seen);
+done:
+    Py_XDECREF(view);
+    if (segments != stack_segments) PyMem_Free(segments);
+    Py_DECREF(texts);
+    Py_DECREF(messages);
+    return context;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(window, table) -> (lanes, word_count, features, alnum, digits, spaces, cue_facts, code_markers)"},
@@ -1978,6 +2198,8 @@ static PyMethodDef methods[] = {
      "utf8_length(text) -> len(text.encode('utf-8', 'surrogatepass')), without encoding"},
     {"block_hashes", (PyCFunction)(void (*)(void))block_hashes, METH_FASTCALL,
      "block_hashes(parts, digest, block_chars, max_blocks) -> chained 63-bit block hashes"},
+    {"context_of", (PyCFunction)(void (*)(void))context_of, METH_FASTCALL,
+     "context_of(request, table, model, memory, settings) -> RoutingContext: router.context.build_context in C"},
     {"read_prompt", (PyCFunction)(void (*)(void))read_prompt, METH_FASTCALL,
      "read_prompt(parts, table, head, tail) -> (parts, chars, utf8_bytes, window, word_count, features, "
      "lanes, alnum, digits, spaces, cue_facts, code_markers, prompt_tokens, script, safety, question, "

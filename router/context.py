@@ -60,11 +60,12 @@ try:
         raise ImportError("SLM_PURE_PYTHON=1")
     from router._scan import ScanTable as _ScanTable
     from router._scan import block_hashes as _native_block_hashes
+    from router._scan import context_of as _native_context_of
     from router._scan import read_prompt as _native_read_prompt
     from router._scan import script_census as _native_script_census
     from router._scan import utf8_length as _native_utf8_length
 except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
-    _ScanTable = _native_block_hashes = _native_read_prompt = None
+    _ScanTable = _native_block_hashes = _native_read_prompt = _native_context_of = None
     _native_script_census = _native_utf8_length = None
 try:  # the repeatedPrefix memory's C twin (router/_prefix.c), the same way
     if PURE_PYTHON:
@@ -1029,12 +1030,36 @@ else:
 _GENERAL = TaskClass.GENERAL
 
 
+# What router/_scan.c's context_of reads build_context's constants from, in its order.
+_CONTEXT_SETTINGS = (RoutingContext, _TOOLS, _RESPONSE_FORMAT, _JSON_TEXT, _NO_STRUCTURE, _JSON_FORMATS,
+                     _JSON_LANE, _JSON_ASK_LANE, tuple(TaskClass), int(TaskClass.REASONING),
+                     int(TaskClass.SAFETY), HEAD_BYTES, TAIL_BYTES)
+
+
 def build_context(
     request: ChatRequest,
     memory: PrefixMemory | None = None,
     scorer: Scorer | None = None,
 ) -> RoutingContext:
-    """The request's RoutingContext; scorer fields stay neutral when no scorer is given."""
+    """The request's RoutingContext; scorer fields stay neutral when no scorer is given.
+
+    With a scorer and the C twin, the whole of it is one C call (router/_scan.c's
+    context_of: ~15k instructions of Python between the C steps were a third of a short
+    prompt's context); ``python_build_context`` is the reference it must equal.
+    """
+    if scorer is not None and _native_context_of is not None:
+        model, table = scorer.class_model, scorer.table.native
+        if model is not None and table is not None:
+            return _native_context_of(request, table, model, memory, _CONTEXT_SETTINGS)  # type: ignore[no-any-return]
+    return python_build_context(request, memory, scorer)
+
+
+def python_build_context(
+    request: ChatRequest,
+    memory: PrefixMemory | None = None,
+    scorer: Scorer | None = None,
+) -> RoutingContext:
+    """``build_context`` in Python around the C read (the reference for context_of)."""
     table = LEXICON_TABLE if scorer is None else scorer.table
     native = table.native
     if native is not None:  # read_request's C call, inline: two Python calls fewer a request

@@ -360,13 +360,13 @@ class Scorer:
             self.table.native.set_cues(*cue_settings())
         self._inv_scale = 1.0 / self._scale
         self._signal_tables()
-        self._native: Any = None  # the C twin of score's arithmetic, when built
+        self.class_model: Any = None  # the C twin of score's arithmetic (router/_scan.c ClassModel), when built
         if _ClassModel is not None:
             groups = (self._by_tokens, self._by_struct, self._by_script, self._by_safety,
                       self._by_digits, self._by_code)  # class_scores reads them in this order
-            self._native = _ClassModel(self._bias, self._inv_scale, LEXICON_LANES,
-                                       [[unpack(p) for p in group] for group in groups], unpack(self._question))
-            self._native.set_cues(*self._cue_weights())
+            self.class_model = _ClassModel(self._bias, self._inv_scale, LEXICON_LANES,
+                                             [[unpack(p) for p in group] for group in groups], unpack(self._question))
+            self.class_model.set_cues(*self._cue_weights())
 
     def _cue_weights(self) -> tuple[Any, ...]:
         """``ClassModel.set_cues``' arguments: the weight of every key ``safety_cues`` can
@@ -452,7 +452,7 @@ class Scorer:
         the same order, so the same floats) when it is built, and so does the sum of the
         safety cues when the C pass read the window (its cue facts; ``_cue_weights``).
         """
-        native = self._native
+        native = self.class_model
         if native is None:
             return self.python_score(view, signals)
         lanes = view.lanes

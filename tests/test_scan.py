@@ -28,6 +28,7 @@ from router.context import (
     PREFIX_BLOCK_CHARS,
     TAIL_BYTES,
     WINDOW_BYTES,
+    PrefixMemory,
     WordTable,
     prefix_hashes,
     prompt_text,
@@ -37,7 +38,7 @@ from router.context import (
     read_text,
 )
 from router.scorer import alarming, cue_facts, safety_cues, shared_scorer
-from subjects.messages import ChatMessage, ChatRequest, SafetyCategory, Script
+from subjects.messages import ChatMessage, ChatRequest, RoutingContext, SafetyCategory, Script
 
 scan = pytest.importorskip("router._scan", reason="the C pass is not built (no C compiler at install)")
 if context.PURE_PYTHON:
@@ -497,3 +498,68 @@ def test_block_hashes_call_xxhash_directly_with_the_same_hashes() -> None:
             assert by_address == scan.block_hashes(parts, xxhash.xxh3_64_intdigest, PREFIX_BLOCK_CHARS,
                                                    MAX_PREFIX_BLOCKS) == python_prefix_hashes(text)
             assert len(by_address) == len(text) // PREFIX_BLOCK_CHARS
+
+
+# ---- the whole context in one call: context_of against build_context's Python ----------------
+
+def both_contexts(request: ChatRequest) -> tuple[RoutingContext, RoutingContext]:
+    """(C, Python) contexts of ``request``, each with its own fresh-then-equal memory."""
+    scorer = shared_scorer()
+    native = context.build_context(request, PrefixMemory(), scorer)
+    python = context.python_build_context(request, PrefixMemory(), scorer)
+    return native, python
+
+
+def test_every_dev_prompt_gets_the_same_context_both_ways() -> None:
+    scorer = shared_scorer()
+    native_memory, python_memory = PrefixMemory(capacity=64), PrefixMemory(capacity=64)
+    with DEV.open(encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+    document = " ".join(row["request"]["messages"][-1]["content"] for row in rows[:40])
+    for i, row in enumerate(rows):
+        messages = [ChatMessage(role=m["role"], content=m["content"]) for m in row["request"]["messages"]]
+        if i % 3 == 0:  # a long shared document first: prefix blocks, repeated across requests
+            messages.insert(0, ChatMessage(role="system", content=document))
+        request = ChatRequest(messages=messages, tools=row["request"].get("tools"),
+                              session_id=f"s{i % 7}" if i % 2 else None, max_tokens=(i % 5) * 16 or None)
+        native = context.build_context(request, native_memory, scorer)
+        assert native == context.python_build_context(request, python_memory, scorer), row["id"]
+    assert native_memory.generations() == python_memory.generations()
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), prompts), min_size=1, max_size=4),
+       st.sampled_from([None, {}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {}},
+                        {"type": "text"}, {"other": 1}]),
+       st.sampled_from([None, [{"type": "function", "function": {"name": "f"}}]]),
+       st.sampled_from(["auto", "general", "", "code"]),
+       st.sampled_from([None, "", "session-é", "😀"]), st.sampled_from([None, "user-1"]),
+       st.sampled_from([None, 0, 1, 4096]))
+def test_any_request_gets_the_same_context_both_ways(messages, response_format, tools, model, session_id, user,
+                                                     max_tokens) -> None:
+    request = ChatRequest(messages=[ChatMessage(role=r, content=c) for r, c in messages],
+                          response_format=response_format, tools=tools, model=model, session_id=session_id,
+                          user=user, max_tokens=max_tokens)
+    native, python = both_contexts(request)
+    assert native == python
+
+
+def test_list_content_reads_through_the_message_text() -> None:
+    parts = [{"type": "text", "text": "Write a Python function"}, {"type": "image_url"}, {"type": "text", "text": "é"}]
+    native, python = both_contexts(ChatRequest(messages=[ChatMessage(role="user", content=parts)]))
+    assert native == python
+
+
+def test_context_of_refuses_bad_arguments() -> None:
+    scorer = shared_scorer()
+    request = ChatRequest(messages=[ChatMessage(role="user", content="hi")])
+    with pytest.raises(TypeError, match="context_of"):
+        scan.context_of(request, scorer.table.native, None, None, context._CONTEXT_SETTINGS)
+    with pytest.raises(TypeError, match="context_of"):
+        scan.context_of(request, scorer.table.native, scorer.class_model, None, ())
+    # An unhashable response_format type fails the same way in both.
+    odd = ChatRequest(messages=[ChatMessage(role="user", content="hi")], response_format={"type": ["json"]})
+    with pytest.raises(TypeError):
+        context.build_context(odd, None, scorer)
+    with pytest.raises(TypeError):
+        context.python_build_context(odd, None, scorer)
