@@ -2065,9 +2065,17 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
     }
     Py_ssize_t head = PyLong_AsSsize_t(PyTuple_GET_ITEM(settings, CTX_HEAD));
     Py_ssize_t tail = PyLong_AsSsize_t(PyTuple_GET_ITEM(settings, CTX_TAIL));
+    long reasoning = PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_REASONING));
+    long safety_class = PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_SAFETY));
     if (PyErr_Occurred()) return NULL;
     if (head < 0 || tail < 0 || head + 1 + tail > MAX_WINDOW) {
         PyErr_Format(PyExc_ValueError, "context_of: head and tail >= 0, head + 1 + tail <= %d", MAX_WINDOW);
+        return NULL;
+    }
+    PyObject *classes = PyTuple_GET_ITEM(settings, CTX_CLASSES);
+    if (!PyTuple_Check(classes) || PyTuple_GET_SIZE(classes) != CLASSES || reasoning < 0 || reasoning >= CLASSES ||
+        safety_class < 0 || safety_class >= CLASSES) {
+        PyErr_Format(PyExc_ValueError, "context_of: settings name %d classes and two indexes among them", CLASSES);
         return NULL;
     }
     PyObject *messages = PyObject_GetAttrString(request, "messages");
@@ -2164,11 +2172,10 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
         else if (!given) Py_SETREF(max_tokens, PyLong_FromLong(0));
     }
     if (max_tokens) {
-        PyObject *complexity = PyFloat_FromDouble(probs[PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_REASONING))]);
+        PyObject *complexity = PyFloat_FromDouble(probs[reasoning]);
         PyObject *confidence = PyFloat_FromDouble(probs[best]);
-        PyObject *safety = PyFloat_FromDouble(probs[PyLong_AsLong(PyTuple_GET_ITEM(settings, CTX_SAFETY))]);
-        PyObject *classes = PyTuple_GET_ITEM(settings, CTX_CLASSES);
-        if (complexity && confidence && safety && !PyErr_Occurred() && best < PyTuple_GET_SIZE(classes)) {
+        PyObject *safety = PyFloat_FromDouble(probs[safety_class]);
+        if (complexity && confidence && safety) {
             PyObject *fields[14] = {signal_objects[0], signal_objects[1], structured, signal_objects[3],
                                     signal_objects[4], session_hash, hashes, seen, complexity, model, max_tokens,
                                     PyTuple_GET_ITEM(classes, best), confidence, safety};

@@ -557,6 +557,10 @@ def test_context_of_refuses_bad_arguments() -> None:
         scan.context_of(request, scorer.table.native, None, None, context._CONTEXT_SETTINGS)
     with pytest.raises(TypeError, match="context_of"):
         scan.context_of(request, scorer.table.native, scorer.class_model, None, ())
+    bad_classes = list(context._CONTEXT_SETTINGS)
+    bad_classes[9] = 5  # the reasoning class's index, past the five classes
+    with pytest.raises(ValueError, match="5 classes and two indexes"):
+        scan.context_of(request, scorer.table.native, scorer.class_model, None, tuple(bad_classes))
     # An unhashable response_format type fails the same way in both.
     odd = ChatRequest(messages=[ChatMessage(role="user", content="hi")], response_format={"type": ["json"]})
     with pytest.raises(TypeError):
