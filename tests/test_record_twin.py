@@ -62,6 +62,8 @@ def state(memory: PlacementMemory) -> tuple:
 
 
 def chain(parts: list[int]) -> tuple[int, ...]:
+    """Chained prefix hashes of these blocks, 63 bits as on the wire (records are decoded
+    here too, and refuse wider hashes; test_choice_twin's chain keeps 64)."""
     out, h = [], 0
     for p in parts:
         h = hash((h, p)) & 0x7FFFFFFFFFFFFFFF
