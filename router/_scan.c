@@ -2003,6 +2003,9 @@ enum {
     CTX_JSON_ASK_LANE, CTX_CLASSES, CTX_REASONING, CTX_SAFETY, CTX_HEAD, CTX_TAIL, CTX_SETTINGS
 };
 
+/* Strings context_of needs on every call, made once at import (PyInit__scan). */
+static PyObject *see_name, *auto_model;
+
 /* The markers around a message's text in the prompt (context.prompt_parts). */
 static const Py_UCS1 ROLE_END[1] = {0x1f}, MESSAGE_END[1] = {0x1e};
 
@@ -2137,13 +2140,8 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
     long features = PyLong_AsLong(PyTuple_GET_ITEM(view, 5));
     if (PyErr_Occurred()) goto done;
     PyObject *seen = NULL;
-    if (memory != Py_None && PyTuple_GET_SIZE(hashes)) {
-        PyObject *name = PyUnicode_InternFromString("see");
-        seen = name ? PyObject_CallMethodOneArg(memory, name, hashes) : NULL;
-        Py_XDECREF(name);
-    } else {
-        seen = PyLong_FromLong(0);
-    }
+    if (memory != Py_None && PyTuple_GET_SIZE(hashes)) seen = PyObject_CallMethodOneArg(memory, see_name, hashes);
+    else seen = PyLong_FromLong(0);
     if (!seen) goto done;
     PyObject *session = PyObject_GetAttrString(request, "session"), *session_hash = NULL;
     if (session) {
@@ -2159,9 +2157,7 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
         goto scored;
     model = PyObject_GetAttrString(request, "model"); /* "" when it is "auto" */
     if (model) {
-        PyObject *automatic = PyUnicode_FromString("auto");
-        int is_auto = automatic ? PyObject_RichCompareBool(model, automatic, Py_EQ) : -1;
-        Py_XDECREF(automatic);
+        int is_auto = PyObject_RichCompareBool(model, auto_model, Py_EQ);
         if (is_auto < 0) Py_CLEAR(model);
         else if (is_auto) Py_SETREF(model, PyUnicode_New(0, 0));
     }
@@ -2225,6 +2221,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__scan(void) {
     if (PyType_Ready(&ScanTableType) < 0 || PyType_Ready(&ClassModelType) < 0) return NULL;
+    if (!see_name && !(see_name = PyUnicode_InternFromString("see"))) return NULL;
+    if (!auto_model && !(auto_model = PyUnicode_InternFromString("auto"))) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "ScanTable", (PyObject *)&ScanTableType) < 0 ||

@@ -1060,12 +1060,7 @@ def python_build_context(
     scorer: Scorer | None = None,
 ) -> RoutingContext:
     """``build_context`` in Python around the C read (the reference for context_of)."""
-    table = LEXICON_TABLE if scorer is None else scorer.table
-    native = table.native
-    if native is not None:  # read_request's C call, inline: two Python calls fewer a request
-        view = _new_tuple(TextView, _native_read_prompt(prompt_parts(request), native, HEAD_BYTES, TAIL_BYTES))
-    else:
-        view = read_request(request, table)
+    view = read_request(request, LEXICON_TABLE if scorer is None else scorer.table)
     signals = read_signals(request, view)
     hashes = view.prefix_hashes
     seen = 0
