@@ -19,8 +19,9 @@ Each request is decoded from its wire bytes (msgspec, untimed) right before its 
 as the router decodes a message right before deciding it, so a prompt is in the CPU caches
 as it is in a router, not wherever a bench's list of a few hundred long prompts left it.
 
-Each pass starts from a fresh router state that has decided 20 other requests, untimed
-(WARMUP_REQUESTS): a running router is past its first requests.
+Each pass starts from a fresh router state that has decided 120 other requests, untimed
+(WARMUP_REQUESTS and 100 short dev prompts, warmup_requests): a running router is past its
+first requests and has the common words' table lines in its caches.
 
 Replica choice runs in a steady state: after each placement the replica's own queue is
 sampled at half its capacity (as a worker draining it would leave it), so the fleet never
@@ -71,7 +72,7 @@ from typing import Any
 import xxhash
 
 from bench.results import machine, percentile, write_section
-from router.context import PrefixMemory, estimate_tokens
+from router.context import PREFIX_BLOCK_CHARS, PrefixMemory, estimate_tokens
 from router.policy import Policy
 from router.registry import ReplicaTable
 from router.rules import load_rules
@@ -225,19 +226,38 @@ def evict_caches() -> None:
 # router is past its first requests (their first dict allocations, first calls through
 # each path), and a pass of 400 long prompts has only four requests above its p99, two of
 # which were the pass's first two. Short and ~8k-token prompts of their own text, so no
-# timed prompt finds its prefix already seen.
+# timed prompt finds its prefix already seen. The long ones end in a character of each
+# storage width (a str is stored 1, 2 or 4 bytes a character), so each width's code has
+# run before the first timed prompt of that width.
 WARMUP_REQUESTS = [
     ChatRequest(messages=[ChatMessage(role="user", content=f"warm-up {i}: " + "ocean tide harbour " * (
-        1800 if i % 2 else 4))]) for i in range(20)]
+        1800 if i % 2 else 4) + ("", "é", "—", "🙂")[i // 2 % 4])]) for i in range(20)]
 
 
-def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False) -> dict[str, list[float]]:
+def warmup_requests(rows: list[dict[str, Any]], count: int = 100) -> list[ChatRequest]:
+    """WARMUP_REQUESTS and ``count`` short dev prompts: a running router has read real
+    prompts, so the lexicon table's lines for common words are in its caches; after the
+    synthetic ones alone, the first few timed prompts met them all cold (~1.5x their peers,
+    enough to be a long workload's p99). Short ones only (well under a prefix block), so
+    no timed prompt's prefix is seen early."""
+    short = [as_request(row) for row in rows
+             if sum(len(m["content"]) for m in row["request"]["messages"]) < PREFIX_BLOCK_CHARS // 2]
+    return WARMUP_REQUESTS + short[:count]
+
+
+def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False,
+                warmup: list[ChatRequest] = WARMUP_REQUESTS) -> dict[str, list[float]]:
     """Each request is decoded from its wire bytes right before its decision (untimed), as
     the router decodes a message right before deciding it: the prompt's memory is as warm
     (or, long ones cycling through a bench's megabytes, as cold) as it is in a router."""
     policy, table = new_policy(), replica_table(replicas)
     choose_replicas, claim, after = replica_stage(policy, table)
-    for request in WARMUP_REQUESTS:  # untimed: see WARMUP_REQUESTS
+    # Encoded before the warm-up: encoding a pass's requests writes up to ~50 MB, which
+    # would leave the first timed request to meet every table and all the code cold (the
+    # first request of every pass took ~100 µs, 3x its peers, for that alone). Cold caches
+    # are measured on purpose, with cold=True.
+    payloads = on_the_wire(requests)
+    for request in warmup:  # untimed: see WARMUP_REQUESTS and warmup_requests
         ctx = policy.context(request)
         choice = policy.choose_model(ctx, 0.0)
         candidates = choose_replicas(ctx, choice.model, table)
@@ -246,7 +266,7 @@ def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False) 
     clock = time.perf_counter_ns
     out: dict[str, list[float]] = {"context": [], "model": [], "replica": [], "total": [], "claim": [],
                                    "with_claim": []}
-    for i, payload in enumerate(on_the_wire(requests)):
+    for i, payload in enumerate(payloads):
         if cold:
             evict_caches()
         request = codec.decode_request(payload)
@@ -374,8 +394,9 @@ def run_context_worker(data: Path, quick: bool, workload: str) -> None:
     the workload's context times, each request's median of PASSES passes, as JSON."""
     rows = load_prompts(data)
     requests = dict(build_workloads(rows, quick, random.Random(11)))[workload]
-    time_stages(requests[:200], 4)  # warm up as the main run does
-    stages = median_of_passes(functools.partial(time_stages, requests, 4), PASSES)
+    warmup = warmup_requests(rows)
+    time_stages(requests[:200], 4, warmup=warmup)  # warm up as the main run does
+    stages = median_of_passes(functools.partial(time_stages, requests, 4, warmup=warmup), PASSES)
     print(json.dumps(stages["context"]))
 
 
@@ -478,9 +499,10 @@ def main() -> None:
     rows = load_prompts(args.data)
     rng = random.Random(11)
     workloads = build_workloads(rows, args.quick, rng)
+    warmup = warmup_requests(rows)
     gc.collect()
     for _, requests in workloads:  # warm caches and the scorer before timing
-        time_stages(requests[:200], 4)
+        time_stages(requests[:200], 4, warmup=warmup)
 
     load_before = load()
     lines = [
@@ -506,7 +528,7 @@ def main() -> None:
         tokens = sum(estimate_tokens("".join(m.text() for m in r.messages)) for r in requests) / len(requests)
         baseline = median_of_passes(functools.partial(time_baseline, requests), PASSES)
         for replicas in REPLICA_COUNTS:
-            stages = median_of_passes(functools.partial(time_stages, requests, replicas), PASSES)
+            stages = median_of_passes(functools.partial(time_stages, requests, replicas, warmup=warmup), PASSES)
             speedup = percentile(baseline, 50) / percentile(stages["context"], 50)
             lines.append(
                 f"| {name} | {len(requests)} | {chars:,.0f} | {tokens:,.0f} | {replicas} | "
@@ -530,7 +552,7 @@ def main() -> None:
               "**whole decision p50 / p99** | warm whole decision p50 / p99 (above) |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, requests in workloads[:2]:  # dev prompts and 8 KB
-        cold = median_of_passes(functools.partial(time_stages, requests, 64, True), PASSES)
+        cold = median_of_passes(functools.partial(time_stages, requests, 64, True, warmup), PASSES)
         warm = warm_total[name]
         lines.append(
             f"| {name} | {p(cold['context'], 50)} / {p(cold['context'], 99)} | "
