@@ -986,6 +986,8 @@ fail_scratch:
 /* utf8_length(text) -> the length of text.encode("utf-8", "surrogatepass"), counted
  * (utf8_extra), never encoded. */
 VECTOR_CLONES static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssize_t length);
+#define COUNT_RUN 1024 /* characters counted in 16-bit lanes: at most 2 extra bytes each */
+#define CHUNK 65536
 
 static PyObject *utf8_length(PyObject *module, PyObject *text) {
     (void)module;
@@ -1094,6 +1096,64 @@ VECTOR_CLONES static void write_as(int width, const Segment *g, Py_ssize_t start
     }
 }
 
+/* A wide block's characters, read once for their OR (the block's width) while they are
+ * written one width narrower: more than half the blocks of long wide prompts are all
+ * ASCII or Latin-1 (a str is stored wide for one character anywhere in it), and for those
+ * the narrowed copy is the block's canonical bytes. A block that really is wide wastes
+ * the writes. Saturating, so the compiler packs lanes without masking them first (a lane
+ * that saturates means the block is wider and the copy is not used). */
+VECTOR_CLONES static Py_UCS4 ucs2_or_narrowed(const Py_UCS2 *p, Py_ssize_t n, uint8_t *narrow) {
+    Py_UCS2 top = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        top |= p[i];
+        narrow[i] = (uint8_t)(p[i] > 0xFF ? 0xFF : p[i]);
+    }
+    return top;
+}
+
+VECTOR_CLONES static Py_UCS4 ucs4_or_narrowed(const Py_UCS4 *p, Py_ssize_t n, uint16_t *narrow) {
+    Py_UCS4 top = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        top |= p[i];
+        narrow[i] = (uint16_t)(p[i] > 0xFFFF ? 0xFFFF : p[i]);
+    }
+    return top;
+}
+
+VECTOR_CLONES static void narrow_ucs2(const uint16_t *p, Py_ssize_t n, uint8_t *out) {
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = (uint8_t)p[i];
+}
+
+/* canonical_block for a block inside one segment, the usual case (a block spans two only
+ * where one message ends and the next begins), with `extra` counted on the canonical
+ * bytes, the narrowest copy, while they are in the L1 cache, and only when the OR says
+ * there is something to count. */
+static const unsigned char *one_segment_block(const Segment *g, Py_ssize_t lo, Py_ssize_t n, unsigned char *out,
+                                              Py_ssize_t *size, Py_ssize_t *extra) {
+    const unsigned char *bytes;
+    Py_UCS4 top;
+    int width;
+    if (g->kind == PyUnicode_1BYTE_KIND) {
+        bytes = (const unsigned char *)g->data + lo;
+        width = 1;
+        top = g->ascii ? 0 : 0x80; /* not ASCII: count (counting costs what an OR would) */
+    } else if (g->kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *p = (const Py_UCS2 *)g->data + lo;
+        top = ucs2_or_narrowed(p, n, out);
+        width = top < 0x100 ? 1 : 2;
+        bytes = width == 1 ? out : (const unsigned char *)p;
+    } else {
+        const Py_UCS4 *p = (const Py_UCS4 *)g->data + lo;
+        top = ucs4_or_narrowed(p, n, (uint16_t *)out);
+        width = top < 0x100 ? 1 : top < 0x10000 ? 2 : 4;
+        if (width == 1) narrow_ucs2((const uint16_t *)out, n, out + 2 * n); /* from the L1 cache */
+        bytes = width == 1 ? out + 2 * n : width == 2 ? out : (const unsigned char *)p;
+    }
+    if (extra && top >= 0x80) *extra += utf8_extra_of(width, bytes, n);
+    *size = n * width;
+    return bytes;
+}
+
 /* The canonical bytes of characters [start, start + n) of the segments read as one
  * string: a pointer into a segment's memory when the block lies in one segment stored at
  * its width, else into `out` (room for 4 bytes a character). Sets *size.
@@ -1103,12 +1163,21 @@ VECTOR_CLONES static void write_as(int width, const Segment *g, Py_ssize_t start
  * pass over ~60 KB cost a few µs). The block's OR, which its width needs anyway, says
  * whether there is anything to count: more than half the blocks of the bench's long
  * non-ASCII prompts are all ASCII (a str is stored wide for one character anywhere in
- * it). The others are counted right after, from the L1 cache. */
+ * it). The others are counted right after, from the L1 cache. A block inside one string
+ * (most are) takes one_segment_block's single pass instead. */
 static const unsigned char *canonical_block(const Segment *segments, Py_ssize_t count, Py_ssize_t start,
                                             Py_ssize_t n, unsigned char *out, Py_ssize_t *size,
                                             Py_ssize_t *extra) {
     Py_UCS4 top = 0, latin = 0;
     Py_ssize_t at = 0, first = -1, pieces = 0;
+#if IN_PLACE
+    for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
+        if (start >= at + segments[k].length) continue;
+        if (start + n <= at + segments[k].length) return one_segment_block(&segments[k], start - at, n, out, size, extra);
+        break;
+    }
+    at = 0;
+#endif
     for (Py_ssize_t k = 0; k < count; at += segments[k].length, k++) {
         Py_ssize_t lo = start > at ? start - at : 0, hi = start + n - at;
         if (hi > segments[k].length) hi = segments[k].length;
@@ -1194,7 +1263,7 @@ static PyObject *chain_blocks(SeededHash direct, PyObject *digest, const Segment
                               Py_ssize_t step, Py_ssize_t blocks, Py_ssize_t *extra) {
     PyObject *hashes = PyTuple_New(blocks);
     if (!hashes || !blocks) return hashes;
-    unsigned char stack_buffer[STACK_BLOCK_BYTES];
+    _Alignas(16) unsigned char stack_buffer[STACK_BLOCK_BYTES]; /* one_segment_block writes 2-byte units */
     unsigned char *buffer = 4 * step <= STACK_BLOCK_BYTES ? stack_buffer : PyMem_Malloc(4 * (size_t)step);
     if (!buffer) {
         Py_DECREF(hashes);
@@ -1319,8 +1388,6 @@ static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssi
  * each. One loop per width, simple enough for the compiler to vectorise: the 1- and
  * 2-byte loops count in 16-bit lanes over runs of COUNT_RUN characters (at most 2 a
  * character, so a lane cannot overflow), twice the lanes of 32-bit counters. */
-#define COUNT_RUN 1024
-#define CHUNK 65536
 
 VECTOR_CLONES static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssize_t length) {
     Py_ssize_t extra = 0;
