@@ -2070,8 +2070,15 @@ enum {
     CTX_JSON_ASK_LANE, CTX_CLASSES, CTX_REASONING, CTX_SAFETY, CTX_HEAD, CTX_TAIL, CTX_SETTINGS
 };
 
-/* Strings context_of needs on every call, made once at import (PyInit__scan). */
+/* Strings context_of needs on every call, made once at import (PyInit__scan): an
+ * attribute read by a C string (PyObject_GetAttrString) makes and hashes a new str each
+ * time, ~750 instructions a read, ten reads a request, against ~100 by an interned name. */
 static PyObject *see_name, *auto_model;
+enum { NAME_TOOLS, NAME_RESPONSE_FORMAT, NAME_TYPE, NAME_MESSAGES, NAME_ROLE, NAME_CONTENT, NAME_SESSION, NAME_MODEL,
+       NAME_MAX_TOKENS, NAMES };
+static const char *const name_texts[NAMES] = {"tools", "response_format", "type", "messages", "role", "content",
+                                              "session", "model", "max_tokens"};
+static PyObject *names[NAMES];
 
 /* The markers around a message's text in the prompt (context.prompt_parts). */
 static const Py_UCS1 ROLE_END[1] = {0x1f}, MESSAGE_END[1] = {0x1e};
@@ -2089,18 +2096,19 @@ static PyObject *stable_hash_of(const ScanTable *t, PyObject *text) {
 
 /* The request's signals.structured (context.read_signals), a borrowed reference. */
 static PyObject *structured_of(PyObject *request, PyObject *lanes, PyObject *settings) {
-    PyObject *tools = PyObject_GetAttrString(request, "tools");
+    PyObject *tools = PyObject_GetAttr(request, names[NAME_TOOLS]);
     if (!tools) return NULL;
     int has_tools = PyObject_IsTrue(tools);
     Py_DECREF(tools);
     if (has_tools < 0) return NULL;
     if (has_tools) return PyTuple_GET_ITEM(settings, CTX_TOOLS);
-    PyObject *format = PyObject_GetAttrString(request, "response_format");
+    PyObject *format = PyObject_GetAttr(request, names[NAME_RESPONSE_FORMAT]);
     if (!format) return NULL;
     int json = 0;
     if (PyDict_Check(format) && PyDict_GET_SIZE(format)) { /* response_format.get("type") in JSON formats */
-        PyObject *type = PyDict_GetItemString(format, "type");
-        json = PySet_Contains(PyTuple_GET_ITEM(settings, CTX_JSON_FORMATS), type ? type : Py_None);
+        PyObject *type = PyDict_GetItemWithError(format, names[NAME_TYPE]); /* borrowed */
+        json = !type && PyErr_Occurred() ? -1
+                                         : PySet_Contains(PyTuple_GET_ITEM(settings, CTX_JSON_FORMATS), type ? type : Py_None);
     } else if (!PyDict_Check(format) && format != Py_None) {
         PyErr_SetString(PyExc_TypeError, "context_of: response_format must be a dict or None");
         json = -1;
@@ -2148,7 +2156,7 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
         PyErr_Format(PyExc_ValueError, "context_of: settings name %d classes and two indexes among them", CLASSES);
         return NULL;
     }
-    PyObject *messages = PyObject_GetAttrString(request, "messages");
+    PyObject *messages = PyObject_GetAttr(request, names[NAME_MESSAGES]);
     if (!messages) return NULL;
     PyObject *texts = messages && PyList_Check(messages) ? PyTuple_New(2 * PyList_GET_SIZE(messages)) : NULL;
     if (!texts) {
@@ -2168,8 +2176,8 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
     PyObject *view = NULL, *context = NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages); i++) {
         PyObject *message = PyList_GET_ITEM(messages, i);
-        PyObject *role = PyObject_GetAttrString(message, "role"), *text = NULL;
-        PyObject *content = role ? PyObject_GetAttrString(message, "content") : NULL;
+        PyObject *role = PyObject_GetAttr(message, names[NAME_ROLE]), *text = NULL;
+        PyObject *content = role ? PyObject_GetAttr(message, names[NAME_CONTENT]) : NULL;
         if (content) {
             text = PyUnicode_CheckExact(content) ? Py_NewRef(content) : PyObject_CallMethod(message, "text", NULL);
             Py_DECREF(content);
@@ -2210,7 +2218,7 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (memory != Py_None && PyTuple_GET_SIZE(hashes)) seen = PyObject_CallMethodOneArg(memory, see_name, hashes);
     else seen = PyLong_FromLong(0);
     if (!seen) goto done;
-    PyObject *session = PyObject_GetAttrString(request, "session"), *session_hash = NULL;
+    PyObject *session = PyObject_GetAttr(request, names[NAME_SESSION]), *session_hash = NULL;
     if (session) {
         int named = PyObject_IsTrue(session);
         session_hash = named < 0 ? NULL : named ? stable_hash_of(t, session) : PyLong_FromLong(0);
@@ -2222,13 +2230,13 @@ static PyObject *context_of(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (!session_hash || score((const ClassModel *)args[2], lanes, features, v, Py_None, PyTuple_GET_ITEM(view, 10),
                                &best, probs) < 0)
         goto scored;
-    model = PyObject_GetAttrString(request, "model"); /* "" when it is "auto" */
+    model = PyObject_GetAttr(request, names[NAME_MODEL]); /* "" when it is "auto" */
     if (model) {
         int is_auto = PyObject_RichCompareBool(model, auto_model, Py_EQ);
         if (is_auto < 0) Py_CLEAR(model);
         else if (is_auto) Py_SETREF(model, PyUnicode_New(0, 0));
     }
-    max_tokens = model ? PyObject_GetAttrString(request, "max_tokens") : NULL;
+    max_tokens = model ? PyObject_GetAttr(request, names[NAME_MAX_TOKENS]) : NULL;
     if (max_tokens) {
         int given = PyObject_IsTrue(max_tokens);
         if (given < 0) Py_CLEAR(max_tokens);
@@ -2290,6 +2298,8 @@ PyMODINIT_FUNC PyInit__scan(void) {
     if (PyType_Ready(&ScanTableType) < 0 || PyType_Ready(&ClassModelType) < 0) return NULL;
     if (!see_name && !(see_name = PyUnicode_InternFromString("see"))) return NULL;
     if (!auto_model && !(auto_model = PyUnicode_InternFromString("auto"))) return NULL;
+    for (int k = 0; k < NAMES; k++)
+        if (!names[k] && !(names[k] = PyUnicode_InternFromString(name_texts[k]))) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "ScanTable", (PyObject *)&ScanTableType) < 0 ||
