@@ -1100,13 +1100,12 @@ VECTOR_CLONES static void write_as(int width, const Segment *g, Py_ssize_t start
  * written one width narrower: more than half the blocks of long wide prompts are all
  * ASCII or Latin-1 (a str is stored wide for one character anywhere in it), and for those
  * the narrowed copy is the block's canonical bytes. A block that really is wide wastes
- * the writes. Saturating, so the compiler packs lanes without masking them first (a lane
- * that saturates means the block is wider and the copy is not used). */
+ * the writes (the copy truncates; it is used only when the OR says every character fits). */
 VECTOR_CLONES static Py_UCS4 ucs2_or_narrowed(const Py_UCS2 *p, Py_ssize_t n, uint8_t *narrow) {
     Py_UCS2 top = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         top |= p[i];
-        narrow[i] = (uint8_t)(p[i] > 0xFF ? 0xFF : p[i]);
+        narrow[i] = (uint8_t)p[i];
     }
     return top;
 }
@@ -1115,7 +1114,7 @@ VECTOR_CLONES static Py_UCS4 ucs4_or_narrowed(const Py_UCS4 *p, Py_ssize_t n, ui
     Py_UCS4 top = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         top |= p[i];
-        narrow[i] = (uint16_t)(p[i] > 0xFFFF ? 0xFFFF : p[i]);
+        narrow[i] = (uint16_t)p[i];
     }
     return top;
 }
@@ -1385,34 +1384,42 @@ static Py_ssize_t encode_range(const Segment *segments, Py_ssize_t count, Py_ssi
 #undef ENCODE
 
 /* Bytes beyond one a character in the UTF-8 of `length` characters stored `kind` bytes
- * each. One loop per width, simple enough for the compiler to vectorise: the 1- and
- * 2-byte loops count in 16-bit lanes over runs of COUNT_RUN characters (at most 2 a
- * character, so a lane cannot overflow), twice the lanes of 32-bit counters. */
-
+ * each. One loop per width, simple enough for the compiler to vectorise, each counting in
+ * lanes as narrow as the characters: 8-bit lanes over runs of 255 bytes, 16-bit over
+ * runs of COUNT_RUN (at most 2 a character: a lane cannot overflow). */
 VECTOR_CLONES static Py_ssize_t utf8_extra_of(int kind, const void *data, Py_ssize_t length) {
     Py_ssize_t extra = 0;
-    if (kind == PyUnicode_1BYTE_KIND || kind == PyUnicode_2BYTE_KIND) {
+    if (kind == PyUnicode_1BYTE_KIND) { /* a byte from 0x80 up has its sign bit set */
+        const int8_t *p = data;
+        for (Py_ssize_t at = 0; at < length; at += 255) {
+            Py_ssize_t end = length - at < 255 ? length : at + 255;
+            uint8_t run = 0;
+            for (Py_ssize_t i = at; i < end; i++) run += (uint8_t)(p[i] < 0);
+            extra += run;
+        }
+    } else if (kind == PyUnicode_2BYTE_KIND) {
+        /* Compared as signed numbers with the top bit flipped: the vector units have signed
+         * compares only, and the compiler otherwise emulates unsigned ones in 3 steps. */
+        const Py_UCS2 *p = data;
+        const int16_t above_7f = (int16_t)(0x7F ^ 0x8000), above_7ff = (int16_t)(0x7FF ^ 0x8000);
         for (Py_ssize_t at = 0; at < length; at += COUNT_RUN) {
             Py_ssize_t end = length - at < COUNT_RUN ? length : at + COUNT_RUN;
             uint16_t run = 0;
-            if (kind == PyUnicode_1BYTE_KIND) {
-                const Py_UCS1 *p = data;
-                for (Py_ssize_t i = at; i < end; i++) run += (uint16_t)(p[i] >> 7);
-            } else {
-                const Py_UCS2 *p = data;
-                for (Py_ssize_t i = at; i < end; i++) run += (uint16_t)((p[i] > 0x7F) + (p[i] > 0x7FF));
+            for (Py_ssize_t i = at; i < end; i++) {
+                int16_t c = (int16_t)(p[i] ^ 0x8000);
+                run += (uint16_t)((c > above_7f) + (c > above_7ff));
             }
             extra += run;
         }
-        return extra;
-    }
-    const Py_UCS4 *p = data;
-    for (Py_ssize_t at = 0; at < length; at += CHUNK) {
-        Py_ssize_t end = length - at < CHUNK ? length : at + CHUNK;
-        uint32_t chunk = 0;
-        for (Py_ssize_t i = at; i < end; i++)
-            chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
-        extra += chunk;
+    } else { /* code points are below 2^21: signed compares as they are */
+        const int32_t *p = data;
+        for (Py_ssize_t at = 0; at < length; at += CHUNK) {
+            Py_ssize_t end = length - at < CHUNK ? length : at + CHUNK;
+            uint32_t chunk = 0;
+            for (Py_ssize_t i = at; i < end; i++)
+                chunk += (uint32_t)(p[i] > 0x7F) + (uint32_t)(p[i] > 0x7FF) + (uint32_t)(p[i] > 0xFFFF);
+            extra += chunk;
+        }
     }
     return extra;
 }
