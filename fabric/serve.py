@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -43,9 +44,23 @@ def start_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
         logging.getLogger("slm.metrics").info("metrics on http://%s:%d/metrics", host, port)
 
 
+def freeze_startup_objects() -> None:
+    """Hide every object alive now from the cyclic garbage collector (gc.freeze).
+
+    A component's startup leaves tens of thousands of long-lived objects (the scorer, the
+    rules, the libraries' modules), and every full collection walks them all: ~20 ms in a
+    router, during which no request moves. Frozen, a full collection walks only what
+    was made since (~0.01 ms for the same router). Called once, after the component is
+    built and before it serves.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve_router(config: RouterConfig) -> int:
     async def main() -> int:
         router = Router(config)
+        freeze_startup_objects()
         start_metrics(config.metrics_host, config.metrics_port, router.registry)
         _on_signals(router.stop)
         await router.run()
@@ -57,6 +72,7 @@ def serve_router(config: RouterConfig) -> int:
 def serve_worker(config: WorkerConfig) -> int:
     async def main() -> int:
         worker = Worker(config, make_engine(config))
+        freeze_startup_objects()
         start_metrics(config.metrics_host, config.metrics_port, worker.registry)
         _on_signals(worker.stop)
         return await worker.run()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
 import pytest
 
+import fabric.serve as serve
 from fabric.cli import build_parser, main
+from router.config import RouterConfig
 
 
 def test_up_with_demo_answers_every_request_and_prints_the_summary():
@@ -38,3 +41,22 @@ def test_a_bad_setting_exits_2_naming_the_variable(monkeypatch, capsys):
         raise SystemExit(main(["router", "--nats-url", "nats://127.0.0.1:1"]))
     assert info.value.code == 2
     assert "queue_bound" in capsys.readouterr().err
+
+
+def test_the_router_process_freezes_its_startup_objects_before_it_serves(monkeypatch):
+    """serve_router hides the router's startup objects from the garbage collector before
+    serving (a full collection walked them all: ~20 ms with no request moving)."""
+    frozen_when_serving: list[int] = []
+
+    class ServesNothing(serve.Router):
+        async def run(self) -> None:
+            frozen_when_serving.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(serve, "Router", ServesNothing)
+    monkeypatch.setattr(serve, "_on_signals", lambda stop: None)
+    assert gc.get_freeze_count() == 0
+    try:
+        assert serve.serve_router(RouterConfig(nats_url="nats://127.0.0.1:1", metrics_port=0)) == 0
+    finally:
+        gc.unfreeze()
+    assert frozen_when_serving and frozen_when_serving[0] > 10_000
