@@ -1126,7 +1126,8 @@ VECTOR_CLONES static void narrow_ucs2(const uint16_t *p, Py_ssize_t n, uint8_t *
 /* canonical_block for a block inside one segment, the usual case (a block spans two only
  * where one message ends and the next begins), with `extra` counted on the canonical
  * bytes, the narrowest copy, while they are in the L1 cache, and only when the OR says
- * there is something to count. */
+ * there is something to count. Little-endian only: the copies are in native order. */
+#if IN_PLACE
 static const unsigned char *one_segment_block(const Segment *g, Py_ssize_t lo, Py_ssize_t n, unsigned char *out,
                                               Py_ssize_t *size, Py_ssize_t *extra) {
     const unsigned char *bytes;
@@ -1152,6 +1153,7 @@ static const unsigned char *one_segment_block(const Segment *g, Py_ssize_t lo, P
     *size = n * width;
     return bytes;
 }
+#endif
 
 /* The canonical bytes of characters [start, start + n) of the segments read as one
  * string: a pointer into a segment's memory when the block lies in one segment stored at
