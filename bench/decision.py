@@ -452,7 +452,10 @@ def run_counted(data: Path, workload: str, stages: str, passes: int) -> None:
 def count_instructions(data: Path, workload: str, stages: str, pure_python: bool = False) -> float:
     """Instructions per request: (2 passes - 0 passes) / (2 x requests), by cachegrind."""
     counts, requests = [], 0
-    env = {**os.environ, "SLM_PURE_PYTHON": "1" if pure_python else "0"}
+    # One hash seed for both runs: their difference is the figure, and with a random seed
+    # each the two start-ups (imports, workloads, dict layouts) differ by enough to move it
+    # ~±5% (~8k tokens: 87.9k to 96.5k over four runs of the same code; 93.4k twice with 0).
+    env = {**os.environ, "SLM_PURE_PYTHON": "1" if pure_python else "0", "PYTHONHASHSEED": "0"}
     for passes in (0, 2):
         done = subprocess.run(
             ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
@@ -473,7 +476,8 @@ def instruction_lines(data: Path) -> list[str]:
         return ["", "(valgrind not installed: no instruction counts; `apt-get install valgrind`.)"]
     lines = ["", "### Instructions per request (valgrind, noise-free)", "",
              "Counted by `valgrind --tool=cachegrind` (`python -m bench.decision --instructions`): "
-             "a run with two untimed passes minus a run with none, over 4 replicas per model. "
+             "a run with two untimed passes minus a run with none (PYTHONHASHSEED=0 for both), over 4 "
+             "replicas per model. "
              "Model choice = context + rules; whole decision = + replica choice, its placement claim, "
              "and the bench's queue sample (a load sample per request keeps the fleet from saturating; "
              "the router samples each replica's queue periodically, not per request). Pure Python: the same run with SLM_PURE_PYTHON=1 "
