@@ -32,6 +32,7 @@ which is the whole budget for a 1 KB prompt.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import struct
 from collections.abc import Iterable
@@ -330,6 +331,9 @@ def _lexicon_words() -> dict[LexiconLane, frozenset[bytes]]:
 LEXICON: dict[LexiconLane, frozenset[bytes]] = _lexicon_words()
 
 
+_log = logging.getLogger("slm.router.context")
+
+
 class WordTable(dict[Union[bytes, tuple[bytes, bytes]], int]):
     """Word or bigram → packed lanes (see ``lexicon_table`` and router/scorer.py).
 
@@ -353,8 +357,12 @@ class WordTable(dict[Union[bytes, tuple[bytes, bytes]], int]):
             mask = sum(1 << lane for lane, count in enumerate(counts) if count)
             text = key if isinstance(key, bytes) else key[0] + b" " + key[1]
             entries[text] = (mask, lanes[LEXICON_LANES:])
-        self.native = _ScanTable(_WORD_BYTES, entries, LEXICON_LANES, CLASS_LANES,
-                                 BIGRAM_HEAD_WORDS, BIGRAM_TAIL_WORDS)
+        try:
+            self.native = _ScanTable(_WORD_BYTES, entries, LEXICON_LANES, CLASS_LANES,
+                                     BIGRAM_HEAD_WORDS, BIGRAM_TAIL_WORDS)
+        except OverflowError as error:  # weights wider than the C table's 16 bits
+            _log.warning("the C twin is off for this table (%s): the context runs in Python", error)
+            return self
         self.native.set_markers(*marker_settings())
         self.native.set_signals(*signal_settings())
         self.native.set_blocks(_NATIVE_DIGEST, PREFIX_BLOCK_CHARS, MAX_PREFIX_BLOCKS)

@@ -22,6 +22,7 @@ from router.context import (
     BIGRAM_TAIL_WORDS,
     CLASS_LANES,
     HEAD_BYTES,
+    LEXICON_BITS,
     LEXICON_LANES,
     LEXICON_TABLE,
     MAX_PREFIX_BLOCKS,
@@ -36,8 +37,9 @@ from router.context import (
     python_view,
     read_signals,
     read_text,
+    split_lanes,
 )
-from router.scorer import alarming, cue_facts, safety_cues, shared_scorer
+from router.scorer import alarming, cue_facts, pack, safety_cues, shared_scorer
 from subjects.messages import ChatMessage, ChatRequest, RoutingContext, SafetyCategory, Script
 
 scan = pytest.importorskip("router._scan", reason="the C pass is not built (no C compiler at install)")
@@ -141,6 +143,17 @@ def test_a_window_larger_than_the_stack_buffers_reads_the_same() -> None:
     assert native.word_count == 3000
 
 
+def test_a_table_with_weights_too_wide_for_the_c_copy_is_read_in_python() -> None:
+    """The C table keeps class weights in 16 bits; a scorer trained to wider ones still
+    seals (no C copy, a warning) and reads the same as the Python pass."""
+    table = WordTable(LEXICON_TABLE)
+    table[b"tidewater"] = table.get(b"tidewater", 0) + (pack((0, 0, 40_000, 0, 0)) << LEXICON_BITS)
+    assert table.seal().native is None
+    view = read_text("the tidewater rises", table)
+    assert split_lanes(table[b"tidewater"])[LEXICON_LANES:] == (0, 0, 40_000, 0, 0)
+    assert view.lanes[LEXICON_LANES + 2] == 40_000
+
+
 def test_changing_a_sealed_table_drops_its_c_copy() -> None:
     table = WordTable(LEXICON_TABLE).seal()
     assert table.native is not None
@@ -154,7 +167,8 @@ def test_changing_a_sealed_table_drops_its_c_copy() -> None:
     ((b"x" * 255, {}, LEXICON_LANES, CLASS_LANES, 8, 4), ValueError, "translate: must be 256 bytes"),
     ((bytes(256), {"word": (0, (0,) * 5)}, LEXICON_LANES, 5, 8, 4), TypeError, "every key must be bytes"),
     ((bytes(256), {b"w": (0, (0,) * 4)}, LEXICON_LANES, 5, 8, 4), ValueError, "4 class weights, expected 5"),
-    ((bytes(256), {b"w": (0, (1 << 40,) * 5)}, LEXICON_LANES, 5, 8, 4), OverflowError, "fit 32 bits"),
+    ((bytes(256), {b"w": (0, (1 << 40,) * 5)}, LEXICON_LANES, 5, 8, 4), OverflowError, "fit 16 bits"),
+    ((bytes(256), {b"w": (0, (0, 0, 40_000, 0, 0))}, LEXICON_LANES, 5, 8, 4), OverflowError, "fit 16 bits"),
     ((bytes(256), {b"w": (1 << 40, (0,) * 5)}, 28, 5, 8, 4), ValueError, "bits above the lanes"),
     ((bytes(256), {}, 99, 5, 8, 4), ValueError, "at most 32 lexicon"),
     ((bytes(256), {b"w" * 70_000: (0, (0,) * 5)}, 28, 5, 8, 4), ValueError, "longer than 65535"),
