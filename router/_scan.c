@@ -1115,10 +1115,6 @@ VECTOR_CLONES static Py_UCS4 ucs4_or_narrowed(const Py_UCS4 *p, Py_ssize_t n, ui
     return top;
 }
 
-VECTOR_CLONES static void narrow_ucs2(const uint16_t *p, Py_ssize_t n, uint8_t *out) {
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = (uint8_t)p[i];
-}
-
 /* canonical_block for a block inside one segment, the usual case (a block spans two only
  * where one message ends and the next begins), with `extra` counted on the canonical
  * bytes, the narrowest copy, while they are in the L1 cache, and only when the OR says
@@ -1142,7 +1138,10 @@ static const unsigned char *one_segment_block(const Segment *g, Py_ssize_t lo, P
         const Py_UCS4 *p = (const Py_UCS4 *)g->data + lo;
         top = ucs4_or_narrowed(p, n, (uint16_t *)out);
         width = top < 0x100 ? 1 : top < 0x10000 ? 2 : 4;
-        if (width == 1) narrow_ucs2((const uint16_t *)out, n, out + 2 * n); /* from the L1 cache */
+        if (width == 1) { /* the 2-byte copy narrowed again, from the L1 cache */
+            const Segment copy = {PyUnicode_2BYTE_KIND, 0, out, n};
+            write_as(1, &copy, 0, n, out + 2 * n);
+        }
         bytes = width == 1 ? out + 2 * n : width == 2 ? out : (const unsigned char *)p;
     }
     if (extra && top >= 0x80) *extra += utf8_extra_of(width, bytes, n);
