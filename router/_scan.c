@@ -32,6 +32,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* The per-character loops over a long prompt (UTF-8 length, a block's widest character,
  * widening or narrowing a block) are compiled twice on x86-64 with GCC and glibc: for AVX2
@@ -123,34 +126,78 @@ typedef struct {
     Py_ssize_t block_chars, max_blocks;
 } ScanTable;
 
-/* FNV-1a, 64-bit: byte at a time, but words are short and it streams, so a bigram's
- * hash is the hash of "first second" without building that string. */
-#define FNV_OFFSET 1469598103934665603ULL
-#define FNV_PRIME 1099511628211ULL
+/* The table's word hash, 8 bytes a step: a word's bytes loaded as 64-bit words (the last
+ * one zero-padded), each mixed in by a multiply and a shift. FNV-1a before it went a
+ * byte at a time, a multiply's latency each byte and its loop's exit mispredicted at
+ * every word; this is one step for most words. A bigram's hash combines its words'
+ * hashes (bigram_hash), so it is found without building "first second"; the table's
+ * keys hold bigrams as "first second" and are hashed that way (key_hash). */
+#define HASH_SEED 0x9E3779B97F4A7C15ULL
 
-static inline uint64_t fnv_update(uint64_t h, const unsigned char *p, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= FNV_PRIME;
-    }
-    return h;
+static inline uint64_t hash_mix(uint64_t x) {
+    x *= 0xBF58476D1CE4E5B9ULL;
+    return x ^ (x >> 31);
+}
+
+/* A mask of the first n (0..8) bytes of a word loaded from memory. */
+static inline uint64_t first_bytes_mask(Py_ssize_t n) {
+#if PY_BIG_ENDIAN
+    return n ? ~0ULL << ((64 - 8 * n) & 63) : 0;
+#else
+    return n ? ~0ULL >> ((64 - 8 * n) & 63) : 0;
+#endif
+}
+
+/* p[0, n) as the hash reads it: 8 bytes from p (all readable: see padded_hash), masked. */
+static inline uint64_t load_first(const unsigned char *p, Py_ssize_t n) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v & first_bytes_mask(n);
+}
+
+/* The hash of p[0, n) where 8 bytes from any byte of it are readable: scan_window's text
+ * has WORD_CHUNK bytes of padding after the window. */
+static inline uint64_t padded_hash(const unsigned char *p, Py_ssize_t n) {
+    uint64_t h = HASH_SEED ^ (uint64_t)n;
+    Py_ssize_t i = 0;
+    for (; n - i > 8; i += 8) h = hash_mix(h ^ load_first(p + i, 8));
+    return hash_mix(h ^ load_first(p + i, n - i));
+}
+
+/* padded_hash of bytes with nothing readable after them (the table's keys, built once). */
+static uint64_t exact_hash(const unsigned char *p, Py_ssize_t n) {
+    unsigned char padded[8];
+    uint64_t h = HASH_SEED ^ (uint64_t)n;
+    Py_ssize_t i = 0;
+    for (; n - i > 8; i += 8) h = hash_mix(h ^ load_first(p + i, 8));
+    memset(padded, 0, 8);
+    memcpy(padded, p + i, (size_t)(n - i));
+    return hash_mix(h ^ load_first(padded, n - i));
+}
+
+static inline uint64_t bigram_hash(uint64_t first, uint64_t second) {
+    return hash_mix((first * 0x94D049BB133111EBULL) ^ second);
+}
+
+/* A table key's hash: a bigram ("first second": words never hold a space) by bigram_hash. */
+static uint64_t key_hash(const unsigned char *key, Py_ssize_t n) {
+    const unsigned char *space = memchr(key, ' ', (size_t)n);
+    if (!space) return exact_hash(key, n);
+    Py_ssize_t first = space - key;
+    return bigram_hash(exact_hash(key, first), exact_hash(space + 1, n - first - 1));
 }
 
 static inline uint64_t nonzero(uint64_t h) { return h ? h : 1; }
 
-/* memcmp(a, b, n) == 0 for the short words and keys compared here, inline: a library
- * call a word was a tenth of a window's scan. */
-static inline int same_bytes(const void *a, const void *b, Py_ssize_t n) {
-    const unsigned char *x = a, *y = b;
-    for (; n >= 8; x += 8, y += 8, n -= 8) {
-        uint64_t u, v;
-        memcpy(&u, x, 8);
-        memcpy(&v, y, 8);
-        if (u != v) return 0;
-    }
-    for (; n > 0; n--)
-        if (*x++ != *y++) return 0;
-    return 1;
+/* memcmp(a, b, n) == 0 where 8 bytes from any byte of both are readable (the window's
+ * text and the table's keys are padded), inline (a library call a word was a tenth of a
+ * window's scan): whole 8-byte loads, the last masked, so a word's compare has no loop
+ * of its length to mispredict. */
+static inline int same_padded(const unsigned char *a, const unsigned char *b, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (; n - i > 8; i += 8)
+        if (load_first(a + i, 8) != load_first(b + i, 8)) return 0;
+    return load_first(a + i, n - i) == load_first(b + i, n - i);
 }
 
 /* Bytes of w[0..n) equal to a or to b. 8-bit lanes over runs of 255 bytes (a run's count
@@ -232,7 +279,7 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
     PyMem_Free(self->slots_memory);
     PyMem_Free(self->keys);
     self->slots_memory = PyMem_Calloc(size + 1, sizeof(Entry)); /* + 1: room to align */
-    self->keys = PyMem_Malloc(key_bytes ? key_bytes : 1);
+    self->keys = PyMem_Calloc(key_bytes + 8, 1); /* + 8: same_padded reads 8 bytes at a time */
     if (!self->slots_memory || !self->keys) {
         PyErr_NoMemory();
         return -1;
@@ -259,7 +306,7 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
         }
         Py_ssize_t length = PyBytes_GET_SIZE(key);
         const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(key);
-        uint64_t hash = nonzero(fnv_update(FNV_OFFSET, text, length));
+        uint64_t hash = nonzero(key_hash(text, length));
         size_t slot = hash & self->mask;
         while (self->slots[slot].hash) {
             Entry *seen = &self->slots[slot];
@@ -297,9 +344,51 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
 typedef struct {
     Py_ssize_t start;
     Py_ssize_t length;
-    uint64_t state; /* FNV-1a of the word's bytes, before nonzero() */
+    uint64_t state; /* padded_hash of the word's bytes, before nonzero() */
     uint32_t mask;  /* its lexicon lanes (a repeated word: those of its first occurrence) */
 } Word;
+
+#define WORD_CHUNK 64 /* split_words reads the text in chunks of a 64-bit mask */
+
+/* Bit j set when p[j] is ' ', for j < 64. */
+static inline uint64_t space_bits(const unsigned char *p) {
+#if defined(__SSE2__)
+    const __m128i space = _mm_set1_epi8(' ');
+    uint64_t bits = 0;
+    for (int k = 0; k < 4; k++) {
+        __m128i chunk = _mm_loadu_si128((const __m128i *)(p + 16 * k));
+        bits |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(chunk, space)) << (16 * k);
+    }
+    return bits;
+#else
+    uint64_t bits = 0;
+    for (int j = 0; j < 64; j++) bits |= (uint64_t)(p[j] == ' ') << j;
+    return bits;
+#endif
+}
+
+/* The words of translated text[0, n) (the runs of bytes other than ' ') into `words`
+ * (start and length); returns how many. text must hold WORD_CHUNK bytes of ' ' from n on.
+ * Adds the count of ' ' in text[0, n) to *separators. Each chunk's word starts and ends
+ * come from its mask of spaces: a start is a non-space after a space (or the text's
+ * first byte), an end a space after a non-space. */
+static Py_ssize_t split_words(const unsigned char *text, Py_ssize_t n, Word *words, Py_ssize_t *separators) {
+    Py_ssize_t started = 0, ended = 0, spaces = 0;
+    uint64_t before = 0; /* bit 0: the byte before this chunk is in a word */
+    for (Py_ssize_t base = 0; base < n; base += WORD_CHUNK) {
+        uint64_t space = space_bits(text + base), in_word = ~space;
+        uint64_t previous = (in_word << 1) | before; /* bit j: byte j - 1 is in a word */
+        uint64_t starts = in_word & ~previous, ends = space & previous;
+        before = in_word >> 63;
+        spaces += __builtin_popcountll(n - base < WORD_CHUNK ? space & ((UINT64_C(1) << (n - base)) - 1) : space);
+        for (; starts; starts &= starts - 1) words[started++].start = base + __builtin_ctzll(starts);
+        for (; ends; ends &= ends - 1, ended++) words[ended].length = base + __builtin_ctzll(ends) - words[ended].start;
+    }
+    /* n a multiple of the chunk with a word running to its end: the padding ends it */
+    if (ended < started) words[ended].length = n - words[ended].start;
+    *separators += spaces;
+    return started;
+}
 
 /* The table entry for word `a` (and, when b is not NULL, " " and word `b`), or NULL. */
 static inline const Entry *lookup(const ScanTable *t, const unsigned char *text, uint64_t hash,
@@ -311,8 +400,9 @@ static inline const Entry *lookup(const ScanTable *t, const unsigned char *text,
         if (!e->hash) return NULL;
         if (e->hash == hash && e->key_length == length) {
             const char *key = entry_key(e, t->keys);
-            if (same_bytes(key, text + a->start, a->length) &&
-                (!b || (key[a->length] == ' ' && same_bytes(key + a->length + 1, text + b->start, b->length))))
+            if (same_padded((const unsigned char *)key, text + a->start, a->length) &&
+                (!b || (key[a->length] == ' ' &&
+                        same_padded((const unsigned char *)key + a->length + 1, text + b->start, b->length))))
                 return e;
         }
         slot = (slot + 1) & t->mask;
@@ -323,11 +413,9 @@ static inline const Entry *lookup(const ScanTable *t, const unsigned char *text,
  * as in the Python pass. */
 static void add_bigrams(const ScanTable *t, const unsigned char *text, const Word *words,
                         Py_ssize_t first, Py_ssize_t end, int64_t *sums) {
-    static const unsigned char space = ' ';
     for (Py_ssize_t i = first; i + 1 < end; i++) {
         const Word *a = &words[i], *b = &words[i + 1];
-        uint64_t state = fnv_update(fnv_update(a->state, &space, 1), text + b->start, b->length);
-        const Entry *e = lookup(t, text, nonzero(state), a, b);
+        const Entry *e = lookup(t, text, nonzero(bigram_hash(a->state, b->state)), a, b);
         if (e)
             for (int k = 0; k < t->class_lanes; k++) sums[k] += e->classes[k];
     }
@@ -336,10 +424,9 @@ static void add_bigrams(const ScanTable *t, const unsigned char *text, const Wor
 /* Ask memory for the table slots of the bigrams words[first..end) (add_bigrams reads them). */
 static void prefetch_bigrams(const ScanTable *t, const unsigned char *text, const Word *words, Py_ssize_t first,
                              Py_ssize_t end) {
-    static const unsigned char space = ' ';
+    (void)text;
     for (Py_ssize_t i = first; i + 1 < end; i++) {
-        uint64_t state = fnv_update(fnv_update(words[i].state, &space, 1), text + words[i + 1].start, words[i + 1].length);
-        __builtin_prefetch(&t->slots[nonzero(state) & t->mask]);
+        __builtin_prefetch(&t->slots[nonzero(bigram_hash(words[i].state, words[i + 1].state)) & t->mask]);
     }
 }
 
@@ -808,14 +895,14 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
     Py_ssize_t max_words = n / 2 + 1; /* a word and a separator at least, but the last */
     size_t seen_size = 16;
     while (seen_size < (size_t)max_words * 2) seen_size <<= 1;
-    int heap = n > (Py_ssize_t)sizeof(stack_text) || max_words > STACK_WORDS ||
+    int heap = n + WORD_CHUNK > (Py_ssize_t)sizeof(stack_text) || max_words > STACK_WORDS ||
                seen_size > 2 * STACK_WORDS;
     if (heap) {
         if ((size_t)max_words > UINT32_MAX / 2) {
             PyErr_SetString(PyExc_ValueError, "scan: window too large");
             return NULL;
         }
-        text = PyMem_Malloc(n ? n : 1);
+        text = PyMem_Malloc(n + WORD_CHUNK);
         words = PyMem_Malloc(sizeof(Word) * max_words);
         seen = PyMem_Malloc(sizeof(uint32_t) * seen_size);
         if (!text || !words || !seen) {
@@ -827,29 +914,14 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
     }
     memset(seen, 0, sizeof(uint32_t) * seen_size);
 
-    Py_ssize_t word_count = 0, start = -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char w = t->translate[raw[i]];
-        text[i] = w;
-        if (w == ' ') {
-            if (start >= 0) {
-                words[word_count].start = start;
-                words[word_count].length = i - start;
-                word_count++;
-                start = -1;
-            }
-        } else if (start < 0) {
-            start = i;
-        }
-    }
-    /* The translation maps separators to ' ' and digits to '0'. */
-    Py_ssize_t separators = count_either(text, n, ' ', ' '), digits = count_either(text, n, '0', '0');
-    Py_ssize_t spaces = count_either(raw, n, ' ', '\n');
-    if (start >= 0) {
-        words[word_count].start = start;
-        words[word_count].length = n - start;
-        word_count++;
-    }
+    /* The translation maps separators to ' ' and digits to '0'; the words are the runs
+     * between separators, found from bit masks (split_words) rather than by a branch per
+     * byte, which the CPU mispredicted at every word's two ends (~200 times a window). */
+    for (Py_ssize_t i = 0; i < n; i++) text[i] = t->translate[raw[i]];
+    memset(text + n, ' ', WORD_CHUNK); /* whole chunks: the padding ends the last word at n */
+    Py_ssize_t separators = 0;
+    Py_ssize_t word_count = split_words(text, n, words, &separators);
+    Py_ssize_t digits = count_either(text, n, '0', '0'), spaces = count_either(raw, n, ' ', '\n');
 
     /* Every word's hash first, each slot it will read asked of memory at once: the table
      * is ~1 MB, so a lookup misses the CPU caches whenever other work ran since the last
@@ -857,7 +929,7 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
      * queueing one after another in the loop below. The bigrams' slots likewise. */
     for (Py_ssize_t i = 0; i < word_count; i++) {
         Word *word = &words[i];
-        word->state = fnv_update(FNV_OFFSET, text + word->start, word->length);
+        word->state = padded_hash(text + word->start, word->length);
         __builtin_prefetch(&t->slots[nonzero(word->state) & t->mask]);
     }
     prefetch_bigrams(t, text, words, 0, word_count > t->bigram_head ? t->bigram_head : word_count);
@@ -875,7 +947,7 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
         while (seen[slot]) {
             const Word *other = &words[seen[slot] - 1];
             if (other->length == word->length && other->state == word->state &&
-                same_bytes(text + other->start, text + word->start, word->length)) {
+                same_padded(text + other->start, text + word->start, word->length)) {
                 repeat = 1;
                 break;
             }

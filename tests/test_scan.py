@@ -295,6 +295,46 @@ def test_keys_longer_than_a_slot_holds_are_found_too() -> None:
     assert native.lanes[0] == 1 and native.lanes[LEXICON_LANES] == 1
 
 
+# router/_scan.c reads words 8 bytes at a time (the last load masked) and finds them from
+# 64-byte masks of separators: words of 1-17 bytes, equal to a key but for their last
+# byte, ending on and across those boundaries.
+EDGE_KEYS = [bytes(range(97, 97 + n)) for n in (1, 7, 8, 9, 15, 16, 17)]
+
+
+def edge_table() -> WordTable:
+    table = WordTable(LEXICON_TABLE)
+    for key in EDGE_KEYS:
+        table[key] = 1  # lexicon lane 0
+    table[(EDGE_KEYS[2], EDGE_KEYS[3])] = 1 << context.LEXICON_BITS  # class lane 0 of a bigram
+    return table.seal()
+
+
+def test_words_equal_to_a_key_but_for_one_byte_are_told_apart() -> None:
+    table = edge_table()
+    for key in EDGE_KEYS:
+        native, python = both_ways(key, table)
+        assert native == python and native.lanes[0] == 1, key
+        for near in (key[:-1] + b"z", key + b"z", key[:-1]):
+            native, python = both_ways(near, table)
+            assert native == python, near
+            assert native.lanes[0] == (near in EDGE_KEYS), near
+    native, python = both_ways(EDGE_KEYS[2] + b" " + EDGE_KEYS[3], table)
+    assert native == python and native.lanes[LEXICON_LANES] == 1
+    native, python = both_ways(EDGE_KEYS[2] + b" " + EDGE_KEYS[3][:-1] + b"z", table)
+    assert native == python and native.lanes[LEXICON_LANES] == 0
+
+
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 127, 128, 129, 192])
+@pytest.mark.parametrize("shift", [0, 1, 7])
+def test_words_at_and_across_chunk_ends_read_the_same(size: int, shift: int) -> None:
+    table = edge_table()
+    pieces = [EDGE_KEYS[i % len(EDGE_KEYS)] for i in range(40)]
+    data = (b" " * shift + b" ".join(pieces))[:size]  # cut anywhere: mid-word at the end too
+    native, python = both_ways(data, table)
+    assert native == python
+    assert native.word_count == len(data.split())
+
+
 # ---- script detection ------------------------------------------------------------------------
 
 scripts = st.text(st.one_of(
