@@ -139,14 +139,18 @@ static inline uint64_t hash_mix(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-/* A mask of the first n (0..8) bytes of a word loaded from memory. */
-static inline uint64_t first_bytes_mask(Py_ssize_t n) {
+/* A mask of the first n (0..8) bytes of a word loaded from memory (a table: a shift by a
+ * computed count and its n == 0 case cost more where it runs for every word). */
+static const uint64_t FIRST_BYTES[9] = {
 #if PY_BIG_ENDIAN
-    return n ? ~0ULL << ((64 - 8 * n) & 63) : 0;
+    0, 0xFF00000000000000ULL, 0xFFFF000000000000ULL, 0xFFFFFF0000000000ULL, 0xFFFFFFFF00000000ULL,
+    0xFFFFFFFFFF000000ULL, 0xFFFFFFFFFFFF0000ULL, 0xFFFFFFFFFFFFFF00ULL, ~0ULL};
 #else
-    return n ? ~0ULL >> ((64 - 8 * n) & 63) : 0;
+    0, 0xFFULL, 0xFFFFULL, 0xFFFFFFULL, 0xFFFFFFFFULL, 0xFFFFFFFFFFULL, 0xFFFFFFFFFFFFULL,
+    0xFFFFFFFFFFFFFFULL, ~0ULL};
 #endif
-}
+
+static inline uint64_t first_bytes_mask(Py_ssize_t n) { return FIRST_BYTES[n]; }
 
 /* p[0, n) as the hash reads it: 8 bytes from p (all readable: see padded_hash), masked. */
 static inline uint64_t load_first(const unsigned char *p, Py_ssize_t n) {
@@ -390,6 +394,12 @@ static Py_ssize_t split_words(const unsigned char *text, Py_ssize_t n, Word *wor
     return started;
 }
 
+/* An entry's class weights added to `sums`: all MAX_CLASS_LANES lanes, the unused ones
+ * zero in every entry, so the loop has a fixed count and the compiler unrolls it. */
+static inline void add_classes(int64_t *sums, const Entry *e) {
+    for (int k = 0; k < MAX_CLASS_LANES; k++) sums[k] += e->classes[k];
+}
+
 /* The table entry for word `a` (and, when b is not NULL, " " and word `b`), or NULL. */
 static inline const Entry *lookup(const ScanTable *t, const unsigned char *text, uint64_t hash,
                                   const Word *a, const Word *b) {
@@ -417,7 +427,7 @@ static void add_bigrams(const ScanTable *t, const unsigned char *text, const Wor
         const Word *a = &words[i], *b = &words[i + 1];
         const Entry *e = lookup(t, text, nonzero(bigram_hash(a->state, b->state)), a, b);
         if (e)
-            for (int k = 0; k < t->class_lanes; k++) sums[k] += e->classes[k];
+            add_classes(sums, e);
     }
 }
 
@@ -963,7 +973,7 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
         word->mask = e ? e->lexicon : 0;
         if (!e) continue;
         for (uint32_t bits = e->lexicon; bits; bits &= bits - 1) lexicon[__builtin_ctz(bits)]++;
-        for (int k = 0; k < t->class_lanes; k++) sums[k] += e->classes[k];
+        add_classes(sums, e);
     }
 
     PyObject *cues = Py_None;
