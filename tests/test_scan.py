@@ -296,8 +296,8 @@ def test_keys_longer_than_a_slot_holds_are_found_too() -> None:
 
 
 # router/_scan.c reads words 8 bytes at a time (the last load masked) and finds them from
-# 64-byte masks of separators: words of 1-17 bytes, equal to a key but for their last
-# byte, ending on and across those boundaries.
+# 64-byte masks of separators: words and bigrams of 1-18 bytes, equal to a key but for
+# their last byte, ending on and across those boundaries.
 EDGE_KEYS = [bytes(range(97, 97 + n)) for n in (1, 7, 8, 9, 15, 16, 17)]
 
 
@@ -306,6 +306,7 @@ def edge_table() -> WordTable:
     for key in EDGE_KEYS:
         table[key] = 1  # lexicon lane 0
     table[(EDGE_KEYS[2], EDGE_KEYS[3])] = 1 << context.LEXICON_BITS  # class lane 0 of a bigram
+    table[(EDGE_KEYS[0], EDGE_KEYS[1][:6])] = 1 << context.LEXICON_BITS  # "a abcdef": 8 bytes, all in the slot
     return table.seal()
 
 
@@ -322,6 +323,22 @@ def test_words_equal_to_a_key_but_for_one_byte_are_told_apart() -> None:
     assert native == python and native.lanes[LEXICON_LANES] == 1
     native, python = both_ways(EDGE_KEYS[2] + b" " + EDGE_KEYS[3][:-1] + b"z", table)
     assert native == python and native.lanes[LEXICON_LANES] == 0
+    for second, hits in ((b"abcdef", 1), (b"abcdez", 0), (b"abcdefg", 0), (b"abcde", 0)):
+        native, python = both_ways(b"a " + second, table)
+        assert native == python and native.lanes[LEXICON_LANES] == hits, second
+
+
+def test_every_key_of_a_crowded_table_is_found_and_no_near_miss() -> None:
+    # 60 keys in 128 slots: some share a home slot, so lookups probe past other keys.
+    # (Letters only: the scan reads every digit as 0.)
+    keys = [bytes([113, 97 + i // 26, 97 + i % 26]) + bytes(range(97, 97 + i % 18)) for i in range(60)]
+    table = WordTable({key: 1 for key in keys})
+    table.seal()
+    native, python = both_ways(b" ".join(keys), table)
+    assert native == python and native.lanes[0] == len(keys)
+    near = b" ".join(key[:-1] + b"z" for key in keys if key[-1:] != b"z")
+    native, python = both_ways(near, table)
+    assert native == python and native.lanes[0] == 0
 
 
 @pytest.mark.parametrize("size", [1, 63, 64, 65, 127, 128, 129, 192])
