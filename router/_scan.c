@@ -432,9 +432,7 @@ static void add_bigrams(const ScanTable *t, const unsigned char *text, const Wor
 }
 
 /* Ask memory for the table slots of the bigrams words[first..end) (add_bigrams reads them). */
-static void prefetch_bigrams(const ScanTable *t, const unsigned char *text, const Word *words, Py_ssize_t first,
-                             Py_ssize_t end) {
-    (void)text;
+static void prefetch_bigrams(const ScanTable *t, const Word *words, Py_ssize_t first, Py_ssize_t end) {
     for (Py_ssize_t i = first; i + 1 < end; i++) {
         __builtin_prefetch(&t->slots[nonzero(bigram_hash(words[i].state, words[i + 1].state)) & t->mask]);
     }
@@ -934,7 +932,7 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
     Py_ssize_t digits = count_either(text, n, '0', '0'), spaces = count_either(raw, n, ' ', '\n');
 
     /* Every word's hash first, each slot it will read asked of memory at once: the table
-     * is ~1 MB, so a lookup misses the CPU caches whenever other work ran since the last
+     * is 512 KB, so a lookup misses the CPU caches whenever other work ran since the last
      * request (as in a live router); issued together, the misses overlap instead of
      * queueing one after another in the loop below. The bigrams' slots likewise. */
     for (Py_ssize_t i = 0; i < word_count; i++) {
@@ -942,8 +940,8 @@ static PyObject *scan_window(const ScanTable *t, const unsigned char *raw, Py_ss
         word->state = padded_hash(text + word->start, word->length);
         __builtin_prefetch(&t->slots[nonzero(word->state) & t->mask]);
     }
-    prefetch_bigrams(t, text, words, 0, word_count > t->bigram_head ? t->bigram_head : word_count);
-    if (word_count > t->bigram_head) prefetch_bigrams(t, text, words, word_count - t->bigram_tail, word_count);
+    prefetch_bigrams(t, words, 0, word_count > t->bigram_head ? t->bigram_head : word_count);
+    if (word_count > t->bigram_head) prefetch_bigrams(t, words, word_count - t->bigram_tail, word_count);
 
     Py_ssize_t distinct = 0;
     int lexicon[MAX_LEXICON_LANES] = {0};
