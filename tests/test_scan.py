@@ -306,7 +306,7 @@ def edge_table() -> WordTable:
     for key in EDGE_KEYS:
         table[key] = 1  # lexicon lane 0
     table[(EDGE_KEYS[2], EDGE_KEYS[3])] = 1 << context.LEXICON_BITS  # class lane 0 of a bigram
-    table[(EDGE_KEYS[0], EDGE_KEYS[1][:6])] = 1 << context.LEXICON_BITS  # "a abcdef": 8 bytes, all in the slot
+    table[(EDGE_KEYS[0], EDGE_KEYS[1][:6])] = 1 << context.LEXICON_BITS  # "a abcdef": 8 bytes, one load
     return table.seal()
 
 
