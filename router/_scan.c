@@ -160,7 +160,7 @@ static inline uint64_t load_first(const unsigned char *p, Py_ssize_t n) {
 }
 
 /* The hash of p[0, n) where 8 bytes from any byte of it are readable: scan_window's text
- * has WORD_CHUNK bytes of padding after the window. */
+ * has WORD_CHUNK bytes of padding after the window, ScanTable.keys 8 after its last key. */
 static inline uint64_t padded_hash(const unsigned char *p, Py_ssize_t n) {
     uint64_t h = HASH_SEED ^ (uint64_t)n;
     Py_ssize_t i = 0;
@@ -168,27 +168,18 @@ static inline uint64_t padded_hash(const unsigned char *p, Py_ssize_t n) {
     return hash_mix(h ^ load_first(p + i, n - i));
 }
 
-/* padded_hash of bytes with nothing readable after them (the table's keys, built once). */
-static uint64_t exact_hash(const unsigned char *p, Py_ssize_t n) {
-    unsigned char padded[8];
-    uint64_t h = HASH_SEED ^ (uint64_t)n;
-    Py_ssize_t i = 0;
-    for (; n - i > 8; i += 8) h = hash_mix(h ^ load_first(p + i, 8));
-    memset(padded, 0, 8);
-    memcpy(padded, p + i, (size_t)(n - i));
-    return hash_mix(h ^ load_first(padded, n - i));
-}
-
 static inline uint64_t bigram_hash(uint64_t first, uint64_t second) {
     return hash_mix((first * 0x94D049BB133111EBULL) ^ second);
 }
 
-/* A table key's hash: a bigram ("first second": words never hold a space) by bigram_hash. */
+/* A table key's hash, read from its copy in ScanTable.keys (padded, as padded_hash needs):
+ * a bigram ("first second": words never hold a space) by bigram_hash, so a lookup's hash
+ * and the table's come from the same function. */
 static uint64_t key_hash(const unsigned char *key, Py_ssize_t n) {
     const unsigned char *space = memchr(key, ' ', (size_t)n);
-    if (!space) return exact_hash(key, n);
+    if (!space) return padded_hash(key, n);
     Py_ssize_t first = space - key;
-    return bigram_hash(exact_hash(key, first), exact_hash(space + 1, n - first - 1));
+    return bigram_hash(padded_hash(key, first), padded_hash(space + 1, n - first - 1));
 }
 
 static inline uint64_t nonzero(uint64_t h) { return h ? h : 1; }
@@ -310,7 +301,14 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
         }
         Py_ssize_t length = PyBytes_GET_SIZE(key);
         const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(key);
-        uint64_t hash = nonzero(key_hash(text, length));
+        if (offset + length > UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "entries: the keys exceed 4 GB");
+            return -1;
+        }
+        /* Copied first: the copy is followed by readable bytes (the next key's, or the
+         * array's 8 bytes of padding), so the key is hashed as a window's word is. */
+        memcpy(self->keys + offset, text, length);
+        uint64_t hash = nonzero(key_hash((const unsigned char *)self->keys + offset, length));
         size_t slot = hash & self->mask;
         while (self->slots[slot].hash) {
             Entry *seen = &self->slots[slot];
@@ -331,11 +329,6 @@ static int ScanTable_init(ScanTable *self, PyObject *args, PyObject *kwds) {
             }
             entry->classes[k] = (int16_t)weight;
         }
-        if (offset + length > UINT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "entries: the keys exceed 4 GB");
-            return -1;
-        }
-        memcpy(self->keys + offset, text, length);
         entry->key_offset = (uint32_t)offset;
         offset += length;
         entry->hash = hash;
