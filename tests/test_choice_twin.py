@@ -233,3 +233,66 @@ def test_find_matches_on_memories_that_forgot_a_generation_in_the_middle_of_a_pr
             for hint in (0, 1, len(probe), len(probe) + 1, rng.randrange(0, 13)):
                 session = rng.randrange(0, 5)
                 assert _choice.find(memory, probe, hint, session) == memory.find(probe, hint, session)
+
+
+def test_a_load_is_a_cell_that_gives_back_what_python_set_and_odd_values_go_to_the_python():
+    """ReplicaLoad's weight, requests, limit, usable and name live in the C LoadCell: the
+    Python reads back the very objects it wrote; a number the twin cannot read exactly
+    (past 2**53, not a number) sends the choice to the Python reference, which agrees."""
+    from router.load import ReplicaLoad
+
+    assert isinstance(ReplicaLoad(), _choice.LoadCell)
+    load = ReplicaLoad(limit=4.0, name="r0")
+    big, odd = 2**70, 12.5
+    load.weight, load.requests, load.limit = big, 3, odd
+    assert load.weight is big and load.requests == 3 and load.limit is odd
+    del load.weight
+    with pytest.raises(AttributeError, match="weight"):
+        load.weight  # noqa: B018 (unset, as a slot would be)
+    with pytest.raises(AttributeError, match="weight"):
+        del load.weight
+
+    table = ReplicaTable(ttl=10.0, load_from_heartbeats=False)
+    for i in range(6):
+        table.apply(Heartbeat(model=MODEL, replica=f"r{i}", capacity=4), 0.0)
+    fleet = table.fleet(MODEL)
+    table.refresh()
+    c = ctx(chain([1, 2]))
+    before = _choice.fallback_count()
+    assert _choice.choose_affinity(c, fleet, DEFAULT_SETTINGS) == choose_affinity_python(c, fleet, DEFAULT_SETTINGS)
+    assert _choice.fallback_count() == before  # plain loads: the twin answered
+    for load in fleet.usable.values():
+        load.weight = 2**60  # past 2**53: not exact as a double
+    assert _choice.choose_affinity(c, fleet, DEFAULT_SETTINGS) == choose_affinity_python(c, fleet, DEFAULT_SETTINGS)
+    assert _choice.fallback_count() > before
+
+
+def test_a_load_subclass_that_redefines_an_attribute_is_read_through_it():
+    """The twin reads the cell directly only while the five attributes are the cell's own:
+    a subclass whose ``weight`` is a property is read through the property, as Python does."""
+    from router.load import ReplicaLoad
+
+    class Heavier(ReplicaLoad):
+        __slots__ = ()
+
+        @property
+        def weight(self) -> int:  # type: ignore[override]
+            return 10**6 if self.name == "r1" else 0
+
+        @weight.setter
+        def weight(self, value: int) -> None:
+            _choice.LoadCell.weight.__set__(self, value)  # the cell holds 0 for every replica
+
+    table = ReplicaTable(ttl=10.0, load_from_heartbeats=False)
+    for i in range(3):
+        table.apply(Heartbeat(model=MODEL, replica=f"r{i}", capacity=4), 0.0)
+    fleet = table.fleet(MODEL)
+    for name, state in fleet.members.items():
+        swapped = Heavier(limit=state.load.limit, name=name, capacity=4)
+        state.load = fleet.usable[name] = swapped
+    table.refresh()
+    for key in range(1, 40):
+        c = ctx(chain([key]))
+        want = choose_affinity_python(c, fleet, DEFAULT_SETTINGS)
+        assert _choice.choose_affinity(c, fleet, DEFAULT_SETTINGS) == want
+        assert want[0][0] != "r1"  # far past the bound, by its property (by its cell it is idle)
