@@ -723,6 +723,41 @@ static int read_load(PyObject *load, LoadView *v) {
     return 0;
 }
 
+/* The ring walk a new prompt takes (its first block's key: matched == 0), its load
+ * objects asked of memory before the placement lookup, so that their lines arrive while
+ * the lookup waits for its own. A hint only: nothing is read that the walk below does
+ * not read again, and any surprise (no ring yet, no table, no walk) skips it. */
+static void prefetch_walk(PyObject *fleet, PyObject *hashes) {
+    if (!PyTuple_CheckExact(hashes) || !PyTuple_GET_SIZE(hashes)) return;
+    PyObject *first = PyTuple_GET_ITEM(hashes, 0);
+    if (!PyLong_CheckExact(first)) return;
+    PyObject *ring = get(fleet, F_RING_SLOT);
+    if (!ring) {
+        PyErr_Clear();
+        return;
+    }
+    long long shift;
+    PyObject *table = ring != Py_None && !get_int(ring, F_SHIFT, &shift) ? get(ring, F_TABLE) : NULL;
+    PyErr_Clear();
+    if (table && PyList_CheckExact(table) && shift >= 0 && shift < 64) {
+        uint64_t key = PyLong_AsUnsignedLongLongMask(first);
+        PyErr_Clear();
+        uint64_t slot = key >> shift;
+        if (slot < (uint64_t)PyList_GET_SIZE(table)) {
+            PyObject *walk = PyList_GET_ITEM(table, (Py_ssize_t)slot);
+            if (PyTuple_CheckExact(walk)) {
+                Py_ssize_t n = PyTuple_GET_SIZE(walk) < 8 ? PyTuple_GET_SIZE(walk) : 8;
+                for (Py_ssize_t i = 0; i < n; i++) { /* the cell: offsets 8 to 64 (LoadCell) */
+                    __builtin_prefetch((char *)PyTuple_GET_ITEM(walk, i) + 8);
+                    __builtin_prefetch((char *)PyTuple_GET_ITEM(walk, i) + 63);
+                }
+            }
+        }
+    }
+    Py_XDECREF(table);
+    Py_DECREF(ring);
+}
+
 /* The choice itself: 0 with *out set, FALLBACK, or -1 on error. */
 static int choose_core(PyObject *ctx, PyObject *fleet, PyObject *settings, PyObject **out) {
     PyObject *usable = NULL, *placements = NULL, *hashes = NULL, *hint = NULL, *session = NULL,
@@ -758,6 +793,7 @@ static int choose_core(PyObject *ctx, PyObject *fleet, PyObject *settings, PyObj
     if (!(placements = get(fleet, F_PLACEMENTS)) || !(hashes = get(ctx, F_PREFIX_HASHES)) ||
         !(hint = get(ctx, F_SEEN_DEPTH)) || !(session = get(ctx, F_SESSION_HASH)))
         goto error;
+    prefetch_walk(fleet, hashes);
     if ((r = find_core(placements, hashes, hint, session, &f))) goto done;
     r = FALLBACK;
     long long prompt, max_tokens, usable_weight, fill_weight;
