@@ -548,6 +548,14 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
             high = (Py_ssize_t)hint - 1;
         }
     }
+    if (!low && high == size) { /* no hint: the first block first, so a new prompt is one probe */
+        if ((there = placed(new, old, h[0], &entry)) < 0) goto error;
+        if (!there) {
+            r = 0;
+            goto done;
+        }
+        low = 1;
+    }
     if (high == size && low < size) { /* the whole prompt placed before */
         if ((there = placed(new, old, h[size - 1], &probed)) < 0) goto error;
         if (there) {
@@ -559,7 +567,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     }
     if (!low && high) {
         if ((there = placed(new, old, h[0], &entry)) < 0) goto error;
-        if (!there) { /* a new prompt: one probe, not a search */
+        if (!there) { /* not even the first block: not placed */
             r = 0;
             goto done;
         }

@@ -204,6 +204,14 @@ class PlacementMemory:
                     high = hint
             else:
                 high = hint - 1
+        if not low and high == size:
+            # No hint (this router has not seen the prompt): the first block first, so a new
+            # prompt is one probe (two dict misses). With the whole-prompt probe below first,
+            # a new prompt took two (four misses, cold in a live router's choice).
+            h = hashes[0]
+            if not (h in new or h in old):
+                return 0, 0, (), sticky
+            low = 1
         if high == size and low < size:  # the whole prompt placed before (a retry, a regenerate)
             h = hashes[size - 1]
             if h in new or h in old:
@@ -213,7 +221,7 @@ class PlacementMemory:
         if not low and high:
             h = hashes[0]
             if not (h in new or h in old):
-                return 0, 0, (), sticky  # a new prompt (a new document): one probe, not a search
+                return 0, 0, (), sticky  # not even the first block: not placed
             low = 1
         while low < high:
             mid = (low + high + 1) // 2
