@@ -262,12 +262,25 @@ static int cell_set_name(LoadCell *self, PyObject *value, void *closure) {
     return 0;
 }
 
+/* load.open: requests < limit, as ReplicaLoad's Python property computes it (with the
+ * C base it is this getter instead: the registry asks it twice per placement and sample,
+ * and a property's Python frame cost more than the two reads it makes). */
+static PyObject *cell_get_open(LoadCell *self, void *closure) {
+    (void)closure;
+    if (!self->number[N_REQUESTS]) return cell_unset((PyObject *)self, "requests");
+    if (!self->number[N_LIMIT]) return cell_unset((PyObject *)self, "limit");
+    const unsigned both = (1u << N_REQUESTS) | (1u << N_LIMIT);
+    if ((self->flags & both) == both) return PyBool_FromLong(self->value[N_REQUESTS] < self->value[N_LIMIT]);
+    return PyObject_RichCompare(self->number[N_REQUESTS], self->number[N_LIMIT], Py_LT);
+}
+
 static PyGetSetDef cell_getset[] = {
     {"weight", (getter)cell_get_number, (setter)cell_set_number, "outstanding token weight", (void *)(intptr_t)N_WEIGHT},
     {"requests", (getter)cell_get_number, (setter)cell_set_number, "outstanding requests", (void *)(intptr_t)N_REQUESTS},
     {"limit", (getter)cell_get_number, (setter)cell_set_number, "requests at which it is saturated",
      (void *)(intptr_t)N_LIMIT},
     {"name", (getter)cell_get_name, (setter)cell_set_name, "the replica's name", NULL},
+    {"open", (getter)cell_get_open, NULL, "below its saturation point (requests < limit)", NULL},
     {NULL},
 };
 

@@ -73,10 +73,12 @@ class ReplicaLoad(_LoadBase):  # type: ignore[misc]
         self.as_prefix_hit = (name, CacheClass.PREFIX_HIT)
         self.as_sticky = (name, CacheClass.SESSION_STICKY)
 
-    @property
-    def open(self) -> bool:
-        """Below its saturation point: it may take more work."""
-        return self.requests < self.limit
+    if _LoadBase is object:  # with the C base, LoadCell's own getter (the same comparison)
+
+        @property
+        def open(self) -> bool:
+            """Below its saturation point: it may take more work."""
+            return self.requests < self.limit
 
     @property
     def placements(self) -> int:

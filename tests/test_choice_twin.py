@@ -246,6 +246,11 @@ def test_a_load_is_a_cell_that_gives_back_what_python_set_and_odd_values_go_to_t
     big, odd = 2**70, 12.5
     load.weight, load.requests, load.limit = big, 3, odd
     assert load.weight is big and load.requests == 3 and load.limit is odd
+    assert load.open is True  # the cell's getter: requests < limit, exactly as Python compares
+    load.requests, load.limit = 2**70 + 1, 2**70  # past 2**53: compared as the ints
+    assert load.open is False
+    load.limit = 2**70 + 2
+    assert load.open is True
     del load.weight
     with pytest.raises(AttributeError, match="weight"):
         load.weight  # noqa: B018 (unset, as a slot would be)
