@@ -13,9 +13,11 @@
  *       same reads and writes of the same dicts; router.placement.record is this.
  *   configure_record(memory_type, generations_type, id_bits)
  *       called once by router/placement.py: the types record mirrors (others: the method).
- *   configure(reference, find_reference, default_settings, spill, block_tokens, id_bits)
- *       called once by router/replicas.py: the Python functions to fall back on and the
- *       constants the Python code computes.
+ *   configure(reference, find_reference, default_settings, spill, block_tokens, id_bits,
+ *             least_loaded=None)
+ *       called once by router/replicas.py: the Python functions to fall back on, the
+ *       constants the Python code computes, and Fleet.least_loaded (its usual answer, a
+ *       current heap top, is read here while the fleet's type still has that method).
  *   LoadCell
  *       router.load.ReplicaLoad's base class: its weight, requests, limit, usable and name
  *       kept where the choice reads them without a pointer chase (see LoadCell below).
@@ -68,7 +70,7 @@ enum {
     F_WEIGHT, F_REQUESTS, F_LIMIT, F_LOAD_USABLE, F_NAME, F_AS_COLD, F_AS_PREFIX_HIT, F_AS_STICKY,
     F_LOAD_EPSILON, F_MOVE_COST, F_FREE_MOVE_TOKENS, F_FLOOR_REQUESTS, F_DECODE_WEIGHT,
     F_LOAD_COST, F_DEFAULT_OUTPUT_TOKENS, F_RING_CHOICES, F_MAX_WALK, F_FALLBACKS,
-    F_RETIRING, F_CAPACITY, F_FANOUT, F_IDS,
+    F_RETIRING, F_CAPACITY, F_FANOUT, F_IDS, F_BY_LOAD,
     F_COUNT
 };
 
@@ -92,7 +94,7 @@ static Field fields[F_COUNT] = {
     [F_DEFAULT_OUTPUT_TOKENS] = {"default_output_tokens"}, [F_RING_CHOICES] = {"ring_choices"},
     [F_MAX_WALK] = {"max_walk"}, [F_FALLBACKS] = {"fallbacks"},
     [F_RETIRING] = {"_retiring"}, [F_CAPACITY] = {"_capacity"}, [F_FANOUT] = {"_fanout"},
-    [F_IDS] = {"_ids"},
+    [F_IDS] = {"_ids"}, [F_BY_LOAD] = {"_by_load"},
 };
 
 static void field_resolve(Field *f, PyTypeObject *tp) {
@@ -382,6 +384,7 @@ static PyObject *spill;            /* (ANY_REPLICA, CacheClass.SPILL) */
 static long long block_tokens;     /* router.replicas.BLOCK_TOKENS */
 static int id_bits;                /* router.placement.ID_BITS */
 static PyObject *successors_str, *least_loaded_str;
+static PyObject *least_loaded_reference; /* router.registry.Fleet.least_loaded (NULL: always call it) */
 static unsigned long long fallbacks; /* calls handed to the Python reference (for tests) */
 
 /* The knobs of one ReplicaSettings, read once: settings are frozen, and a router passes
@@ -744,6 +747,50 @@ static int read_load(PyObject *load, LoadView *v) {
     return 0;
 }
 
+/* Fleet.least_loaded's answer when its heap's top is current, as it is almost always
+ * (Fleet._push drops stale tops as they surface): the method's first step — heap[0] is
+ * (weight, name) and usable[name] is a load of that weight below its limit, so the name is
+ * the answer — read here without a Python frame; the getset reads of a LoadCell from Python
+ * cost more than the check itself. 1 with *name and *load set (new references), 0 when the
+ * method must run (a stale top, an empty heap, a fleet type whose least_loaded is another
+ * function, anything unexpected), -1 on error. */
+static int least_at_top(PyObject *fleet, PyObject *usable, PyObject **name, PyObject **load) {
+    if (!least_loaded_reference || _PyType_Lookup(Py_TYPE(fleet), least_loaded_str) != least_loaded_reference)
+        return 0;
+    PyObject *heap = get(fleet, F_BY_LOAD);
+    if (!heap) return -1;
+    int r = 0;
+    if (!PyList_CheckExact(heap) || !PyList_GET_SIZE(heap)) goto done;
+    PyObject *top = PyList_GET_ITEM(heap, 0);
+    if (!PyTuple_CheckExact(top) || PyTuple_GET_SIZE(top) != 2) goto done;
+    PyObject *weight = PyTuple_GET_ITEM(top, 0), *top_name = PyTuple_GET_ITEM(top, 1);
+    if (!PyUnicode_CheckExact(top_name) || !PyLong_CheckExact(weight)) goto done;
+    PyObject *found = PyDict_GetItemWithError(usable, top_name); /* borrowed */
+    if (!found) {
+        r = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    const LoadCell *cell = as_cell(found);
+    const unsigned both = (1u << N_REQUESTS) | (1u << N_LIMIT);
+    if (!cell || !cell->number[N_WEIGHT] || !PyLong_CheckExact(cell->number[N_WEIGHT]) ||
+        (cell->flags & both) != both)
+        goto done;
+    int same = PyObject_RichCompareBool(cell->number[N_WEIGHT], weight, Py_EQ); /* two ints: no Python runs */
+    if (same < 0) {
+        r = -1;
+        goto done;
+    }
+    if (!same || !(cell->value[N_REQUESTS] < cell->value[N_LIMIT])) goto done;
+    Py_INCREF(top_name);
+    Py_INCREF(found);
+    *name = top_name;
+    *load = found;
+    r = 1;
+done:
+    Py_DECREF(heap);
+    return r;
+}
+
 /* The ring walk a new prompt takes (its first block's key: matched == 0), its load
  * objects asked of memory before the placement lookup, so that their lines arrive while
  * the lookup waits for its own. A hint only: nothing is read that the walk below does
@@ -956,6 +1003,13 @@ static int choose_core(PyObject *ctx, PyObject *fleet, PyObject *settings, PyObj
     PyObject *l1 = b.load[0], *l2 = b.load[1], *l3 = b.load[2]; /* owned by b */
     if (!l1) {
         /* No key, or a long run of full replicas on the ring: the least loaded one. */
+        PyObject *load = NULL;
+        int at_top = least_at_top(fleet, usable, &least, &load);
+        if (at_top < 0) goto error;
+        if (at_top) {
+            b.load[0] = l1 = load;
+            goto have_first;
+        }
         least = PyObject_CallMethodNoArgs(fleet, least_loaded_str);
         if (!least) goto error;
         if (least == Py_None) {
@@ -966,10 +1020,11 @@ static int choose_core(PyObject *ctx, PyObject *fleet, PyObject *settings, PyObj
             r = 0;
             goto done;
         }
-        PyObject *load = PyObject_GetItem(usable, least);
+        load = PyObject_GetItem(usable, least);
         if (!load) goto error;
         b.load[0] = l1 = load;
     }
+have_first:
     first = l1;
     Py_INCREF(first);
     int sticky_first = 0;
@@ -1441,12 +1496,12 @@ static PyObject *py_configure_record(PyObject *self, PyObject *args, PyObject *k
 
 static PyObject *py_configure(PyObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"reference", "find_reference", "default_settings", "spill",
-                             "block_tokens", "id_bits", NULL};
-    PyObject *ref, *find_ref, *defaults, *spill_entry;
+                             "block_tokens", "id_bits", "least_loaded", NULL};
+    PyObject *ref, *find_ref, *defaults, *spill_entry, *least_ref = NULL;
     long long tokens;
     int bits_per_id;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOLi", kwlist, &ref, &find_ref, &defaults,
-                                     &spill_entry, &tokens, &bits_per_id))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOLi|O", kwlist, &ref, &find_ref, &defaults,
+                                     &spill_entry, &tokens, &bits_per_id, &least_ref))
         return NULL;
     if (!PyCallable_Check(ref) || !PyCallable_Check(find_ref)) {
         PyErr_SetString(PyExc_TypeError, "reference and find_reference must be callable");
@@ -1464,6 +1519,8 @@ static PyObject *py_configure(PyObject *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(default_settings, defaults);
     Py_INCREF(spill_entry);
     Py_XSETREF(spill, spill_entry);
+    Py_XINCREF(least_ref);
+    Py_XSETREF(least_loaded_reference, least_ref);
     block_tokens = tokens;
     id_bits = bits_per_id;
     Py_RETURN_NONE;
@@ -1515,7 +1572,7 @@ static PyMethodDef methods[] = {
     {"configure_record", (PyCFunction)(void (*)(void))py_configure_record, METH_VARARGS | METH_KEYWORDS,
      "configure_record(memory_type, generations_type, id_bits): the types record mirrors."},
     {"configure", (PyCFunction)(void (*)(void))py_configure, METH_VARARGS | METH_KEYWORDS,
-     "configure(reference, find_reference, default_settings, spill, block_tokens, id_bits)"},
+     "configure(reference, find_reference, default_settings, spill, block_tokens, id_bits, least_loaded=None)"},
     {"fast_fields", py_fast_fields, METH_NOARGS,
      "{'Type.attribute': read at its slot's offset, or from a LoadCell} for the attributes read so far."},
     {"fallback_count", py_fallback_count, METH_NOARGS,

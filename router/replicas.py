@@ -258,7 +258,8 @@ except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
 else:
     _configure_native(reference=choose_affinity_python, find_reference=PlacementMemory.find,
                       default_settings=DEFAULT_SETTINGS, spill=_SPILL,
-                      block_tokens=BLOCK_TOKENS, id_bits=ID_BITS)
+                      block_tokens=BLOCK_TOKENS, id_bits=ID_BITS,
+                      least_loaded=Fleet.least_loaded)  # its usual answer read in C (least_at_top)
     choose_affinity = _native_choose_affinity
     _find = _native_find
 NATIVE_CHOICE = _native_choose_affinity is not None  # choose_affinity is the C twin
