@@ -49,9 +49,10 @@ class ReplicaLoad(_LoadBase):  # type: ignore[misc]
     """Outstanding token weight and request count on one replica's own queue.
 
     ``weight`` and ``requests`` are plain attributes kept current on every update, so
-    replica choice reads them at the cost of an attribute lookup. ``limit`` is the
-    outstanding request count at which the replica counts as saturated (its capacity
-    from its heartbeat × the fleet's saturation factor), kept here for the same reason.
+    replica choice reads them without a computation (in C, from the LoadCell base: see
+    above). ``limit`` is the outstanding request count at which the replica counts as
+    saturated (its capacity from its heartbeat × the fleet's saturation factor), kept
+    here for the same reason.
     """
 
     __slots__ = ("_base", "_cum", "_oldest", "as_cold", "as_prefix_hit", "as_sticky", "capacity",
