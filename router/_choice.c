@@ -791,6 +791,13 @@ done:
     return r;
 }
 
+/* The ring lookup table's entry for `key` (HashRing: the slice key >> shift), borrowed;
+ * NULL past the table's end. */
+static inline PyObject *table_entry(PyObject *table, uint64_t key, long long shift) {
+    uint64_t slot = shift >= 64 ? 0 : key >> shift;
+    return slot < (uint64_t)PyList_GET_SIZE(table) ? PyList_GET_ITEM(table, (Py_ssize_t)slot) : NULL;
+}
+
 /* The ring walk a new prompt takes (its first block's key: matched == 0), its load
  * objects asked of memory before the placement lookup, so that their lines arrive while
  * the lookup waits for its own. A hint only: nothing is read that the walk below does
@@ -807,18 +814,15 @@ static void prefetch_walk(PyObject *fleet, PyObject *hashes) {
     long long shift;
     PyObject *table = ring != Py_None && !get_int(ring, F_SHIFT, &shift) ? get(ring, F_TABLE) : NULL;
     PyErr_Clear();
-    if (table && PyList_CheckExact(table) && shift >= 0 && shift < 64) {
+    if (table && PyList_CheckExact(table) && shift >= 0) {
         uint64_t key = PyLong_AsUnsignedLongLongMask(first);
         PyErr_Clear();
-        uint64_t slot = key >> shift;
-        if (slot < (uint64_t)PyList_GET_SIZE(table)) {
-            PyObject *walk = PyList_GET_ITEM(table, (Py_ssize_t)slot);
-            if (PyTuple_CheckExact(walk)) {
-                Py_ssize_t n = PyTuple_GET_SIZE(walk) < 8 ? PyTuple_GET_SIZE(walk) : 8;
-                for (Py_ssize_t i = 0; i < n; i++) { /* the cell: offsets 8 to 64 (LoadCell) */
-                    __builtin_prefetch((char *)PyTuple_GET_ITEM(walk, i) + 8);
-                    __builtin_prefetch((char *)PyTuple_GET_ITEM(walk, i) + 63);
-                }
+        PyObject *walk = table_entry(table, key, shift);
+        if (walk && PyTuple_CheckExact(walk)) {
+            Py_ssize_t n = PyTuple_GET_SIZE(walk) < knobs.max_walk ? PyTuple_GET_SIZE(walk) : (Py_ssize_t)knobs.max_walk;
+            for (Py_ssize_t i = 0; i < n; i++) { /* what the walk reads: a LoadCell's bytes 8 to 64 */
+                __builtin_prefetch((char *)PyTuple_GET_ITEM(walk, i) + 8);
+                __builtin_prefetch((char *)PyTuple_GET_ITEM(walk, i) + 63);
             }
         }
     }
@@ -946,8 +950,7 @@ static int choose_core(PyObject *ctx, PyObject *fleet, PyObject *settings, PyObj
         if (!PyList_CheckExact(table) || shift < 0) goto done;
         uint64_t masked = PyLong_AsUnsignedLongLongMask(key);
         if (masked == (uint64_t)-1 && PyErr_Occurred()) goto error;
-        uint64_t slot = shift >= 64 ? 0 : masked >> shift;
-        PyObject *cached = slot < (uint64_t)PyList_GET_SIZE(table) ? PyList_GET_ITEM(table, (Py_ssize_t)slot) : NULL;
+        PyObject *cached = table_entry(table, masked, shift);
         Py_ssize_t walked;
         if (cached && PyTuple_CheckExact(cached) &&
             (PyTuple_GET_SIZE(cached) >= knobs.max_walk || PyTuple_GET_SIZE(cached) == ring_size)) {
