@@ -330,6 +330,8 @@ static PyTypeObject LoadCellType = {
 /* `load` as a cell whose five attributes are the cell's own (a subclass that redefined
  * one, or a load that is no cell, is read the generic way); NULL otherwise. The answer is
  * kept for the last type asked about, as the Field reads keep their offsets. */
+static const int cell_attributes[] = {F_WEIGHT, F_REQUESTS, F_LIMIT, F_NAME, F_LOAD_USABLE};
+#define CELL_ATTRIBUTES 5
 static PyTypeObject *cell_type_seen;
 static int cell_type_plain;
 
@@ -337,16 +339,9 @@ static const LoadCell *as_cell(PyObject *load) {
     PyTypeObject *tp = Py_TYPE(load);
     if (tp != cell_type_seen) {
         int plain = PyType_IsSubtype(tp, &LoadCellType) && tp->tp_getattro == PyObject_GenericGetAttr;
-        const char *const names[] = {"weight", "requests", "limit", "name", "usable"};
-        for (int i = 0; plain && i < 5; i++) {
-            PyObject *key = PyUnicode_InternFromString(names[i]);
-            if (!key) {
-                PyErr_Clear();
-                plain = 0;
-                break;
-            }
+        for (int i = 0; plain && i < CELL_ATTRIBUTES; i++) {
+            PyObject *key = fields[cell_attributes[i]].str;
             plain = _PyType_Lookup(tp, key) == _PyType_Lookup(&LoadCellType, key);
-            Py_DECREF(key);
         }
         Py_INCREF(tp);
         Py_XSETREF(cell_type_seen, tp);
@@ -1545,9 +1540,8 @@ static PyObject *py_fast_fields(PyObject *self, PyObject *unused) {
         Py_DECREF(key);
     }
     /* A load that is a LoadCell: its five attributes are read from the cell, not by slot. */
-    const char *const cell_names[] = {"weight", "requests", "limit", "name", "usable"};
-    for (int i = 0; cell_type_seen && i < 5; i++) {
-        PyObject *key = PyUnicode_FromFormat("%s.%s", cell_type_seen->tp_name, cell_names[i]);
+    for (int i = 0; cell_type_seen && i < CELL_ATTRIBUTES; i++) {
+        PyObject *key = PyUnicode_FromFormat("%s.%s", cell_type_seen->tp_name, fields[cell_attributes[i]].name);
         if (!key || PyDict_SetItem(out, key, cell_type_plain ? Py_True : Py_False) < 0) {
             Py_XDECREF(key);
             Py_DECREF(out);
