@@ -331,7 +331,7 @@ static PyTypeObject LoadCellType = {
  * one, or a load that is no cell, is read the generic way); NULL otherwise. The answer is
  * kept for the last type asked about, as the Field reads keep their offsets. */
 static const int cell_attributes[] = {F_WEIGHT, F_REQUESTS, F_LIMIT, F_NAME, F_LOAD_USABLE};
-#define CELL_ATTRIBUTES 5
+#define CELL_ATTRIBUTES ((int)(sizeof cell_attributes / sizeof cell_attributes[0]))
 static PyTypeObject *cell_type_seen;
 static int cell_type_plain;
 
