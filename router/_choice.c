@@ -16,11 +16,14 @@
  *   configure(reference, find_reference, default_settings, spill, block_tokens, id_bits,
  *             least_loaded=None)
  *       called once by router/replicas.py: the Python functions to fall back on, the
- *       constants the Python code computes, and Fleet.least_loaded (its usual answer, a
- *       current heap top, is read here while the fleet's type still has that method).
+ *       constants the Python code computes, and Fleet.least_loaded (its answer, the top of
+ *       the fleet's LoadOrder, is read here while the fleet's type still has that method).
  *   LoadCell
  *       router.load.ReplicaLoad's base class: its weight, requests, limit, usable and name
  *       kept where the choice reads them without a pointer chase (see LoadCell below).
+ *   LoadOrder
+ *       router.registry.Fleet's load order (router/order.py): its usable, unsaturated
+ *       loads in an indexed heap by (weight, name); Fleet.least_loaded is its top.
  *   fallback_count(), fast_fields()
  *       for tests: calls handed to the Python so far; which attributes are read at offsets.
  *
@@ -206,6 +209,8 @@ typedef struct {
     PyObject *usable;           /* as set (NULL: unset) */
     PyObject *name;             /* as set */
     PyObject *number[NUMBERS];  /* as set: what Python reads back */
+    struct LoadOrder *order;    /* the LoadOrder holding it (which holds a reference), or NULL */
+    Py_ssize_t order_at;        /* its place in that order's heap */
 } LoadCell;
 
 static const char *const number_names[NUMBERS] = {"weight", "requests", "limit"};
@@ -369,6 +374,238 @@ static inline int same_name(PyObject *a, PyObject *b) {
     }
     return PyObject_RichCompareBool(a, b, Py_EQ);
 }
+
+/* ---- LoadOrder: a fleet's usable, open replicas by outstanding weight ----------------- */
+
+/* router.registry.Fleet's load order when this module is built (router/order.py picks it;
+ * its HeapOrder is the reference): Fleet.least_loaded is the top of a binary min-heap of
+ * the fleet's LoadCells by (weight, name), the same order as the Python's (weight, name)
+ * tuples, holding exactly the cells that are usable and below their limit. Each cell
+ * keeps its place in the heap, so a change of one replica's load moves its one entry,
+ * O(log n) comparisons of doubles, without a Python frame or an allocation.
+ *
+ * Why: heapq cannot move an entry, so the Python pushes a new (weight, name) at every
+ * change and drops stale ones as they surface at the top. They surface in bursts: a
+ * replica whose load jumps leaves entries behind it that all surface at once when the
+ * least load rises past them, and now and then a claim popped ~80 of them at ~1.5 us each
+ * (the claim's p99 at 64 replicas, bench/decision.py: 45-80 us on a p50 of 7-17).
+ *
+ * Every change of a held cell's weight, requests or limit must be followed by update()
+ * (router.registry.Fleet makes them all and calls it), as every change of the Python's
+ * must be followed by a push; a cell that leaves the fleet's usable replicas is discard()ed. */
+typedef struct LoadOrder {
+    PyObject_HEAD
+    LoadCell **heap; /* strong references; heap[i]->order_at == i */
+    Py_ssize_t size, room;
+} LoadOrder;
+
+static PyTypeObject LoadOrderType;
+
+/* A cell's number, or NULL with AttributeError set when it is unset. */
+static PyObject *cell_number(const LoadCell *c, int k) {
+    if (!c->number[k]) cell_unset((PyObject *)c, number_names[k]);
+    return c->number[k];
+}
+
+/* (a.weight, a.name) < (b.weight, b.name), as Python compares the tuples: 1, 0, or -1
+ * with an exception. Doubles when both weights are exact (all but ints past 2**53). */
+static int cell_less(const LoadCell *a, const LoadCell *b) {
+    const unsigned weight = 1u << N_WEIGHT;
+    if (a->flags & b->flags & weight) {
+        if (a->value[N_WEIGHT] != b->value[N_WEIGHT]) return a->value[N_WEIGHT] < b->value[N_WEIGHT];
+    } else {
+        PyObject *x = cell_number(a, N_WEIGHT), *y = x ? cell_number(b, N_WEIGHT) : NULL;
+        if (!y) return -1;
+        int same = PyObject_RichCompareBool(x, y, Py_EQ);
+        if (same < 0) return -1;
+        if (!same) return PyObject_RichCompareBool(x, y, Py_LT);
+    }
+    if (!a->name || !b->name) {
+        cell_unset((PyObject *)(a->name ? b : a), "name");
+        return -1;
+    }
+    if (a->flags & b->flags & CELL_NAME_STR) return PyUnicode_Compare(a->name, b->name) < 0;
+    return PyObject_RichCompareBool(a->name, b->name, Py_LT);
+}
+
+/* The cell belongs at place i: moved towards the top past every entry it is less than. */
+static int order_sift_up(LoadOrder *o, Py_ssize_t i) {
+    LoadCell *c = o->heap[i];
+    int r = 0;
+    while (i > 0) {
+        Py_ssize_t parent = (i - 1) / 2;
+        if ((r = cell_less(c, o->heap[parent])) <= 0) break;
+        o->heap[i] = o->heap[parent];
+        o->heap[i]->order_at = i;
+        i = parent;
+    }
+    o->heap[i] = c;
+    c->order_at = i;
+    return r < 0 ? -1 : 0;
+}
+
+/* ... and away from the top past every entry less than it. */
+static int order_sift_down(LoadOrder *o, Py_ssize_t i) {
+    LoadCell *c = o->heap[i];
+    int r = 0;
+    for (;;) {
+        Py_ssize_t child = 2 * i + 1;
+        if (child >= o->size) break;
+        if (child + 1 < o->size) {
+            if ((r = cell_less(o->heap[child + 1], o->heap[child])) < 0) break;
+            child += r;
+        }
+        if ((r = cell_less(o->heap[child], c)) <= 0) break;
+        o->heap[i] = o->heap[child];
+        o->heap[i]->order_at = i;
+        i = child;
+    }
+    o->heap[i] = c;
+    c->order_at = i;
+    return r < 0 ? -1 : 0;
+}
+
+/* Takes c out of o (it is in it). */
+static int order_remove(LoadOrder *o, LoadCell *c) {
+    Py_ssize_t i = c->order_at;
+    LoadCell *last = o->heap[--o->size];
+    o->heap[o->size] = NULL;
+    c->order = NULL;
+    c->order_at = 0;
+    int r = 0;
+    if (last != c) {
+        o->heap[i] = last;
+        last->order_at = i;
+        r = order_sift_up(o, i);
+        if (r == 0) r = order_sift_down(o, last->order_at);
+    }
+    Py_DECREF(c);
+    return r;
+}
+
+/* The plain LoadCell `load` is (its five attributes its own), or NULL with TypeError. */
+static LoadCell *order_cell(PyObject *load) {
+    const LoadCell *cell = as_cell(load);
+    if (!cell) {
+        PyErr_Format(PyExc_TypeError, "LoadOrder holds router.load.ReplicaLoad objects (LoadCells whose weight, "
+                                      "requests, limit, usable and name are their own), not %.100s",
+                     Py_TYPE(load)->tp_name);
+        return NULL;
+    }
+    return (LoadCell *)cell;
+}
+
+/* update(load): load's place after a change of its weight, requests or limit — in the
+ * order while requests < limit, out of it otherwise (a saturated replica is no answer). */
+static PyObject *order_update(LoadOrder *self, PyObject *load) {
+    LoadCell *c = order_cell(load);
+    if (!c) return NULL;
+    if (c->order && c->order != self) {
+        PyErr_SetString(PyExc_ValueError, "this load is in another LoadOrder (a replica's load belongs to one fleet)");
+        return NULL;
+    }
+    PyObject *requests = cell_number(c, N_REQUESTS), *limit = requests ? cell_number(c, N_LIMIT) : NULL;
+    if (!limit || !cell_number(c, N_WEIGHT)) return NULL;
+    if (!c->name) return cell_unset(load, "name");
+    const unsigned both = (1u << N_REQUESTS) | (1u << N_LIMIT);
+    int open = (c->flags & both) == both ? c->value[N_REQUESTS] < c->value[N_LIMIT]
+                                         : PyObject_RichCompareBool(requests, limit, Py_LT);
+    if (open < 0) return NULL;
+    if (!open) {
+        if (c->order && order_remove(self, c) < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (c->order) {
+        if (order_sift_up(self, c->order_at) < 0 || order_sift_down(self, c->order_at) < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (self->size == self->room) {
+        Py_ssize_t room = self->room ? 2 * self->room : 16;
+        LoadCell **heap = PyMem_Realloc(self->heap, sizeof(LoadCell *) * (size_t)room);
+        if (!heap) return PyErr_NoMemory();
+        self->heap = heap;
+        self->room = room;
+    }
+    Py_INCREF(c);
+    c->order = self;
+    self->heap[self->size] = c;
+    c->order_at = self->size++;
+    if (order_sift_up(self, c->order_at) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* discard(load): out of the order (the replica left, or drains); nothing if it is not in it. */
+static PyObject *order_discard(LoadOrder *self, PyObject *load) {
+    LoadCell *c = order_cell(load);
+    if (!c) return NULL;
+    if (c->order == self && order_remove(self, c) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* least() -> the name of the least loaded replica in the order, or None. */
+static PyObject *order_least(LoadOrder *self, PyObject *unused) {
+    (void)unused;
+    if (!self->size) Py_RETURN_NONE;
+    Py_INCREF(self->heap[0]->name);
+    return self->heap[0]->name;
+}
+
+static Py_ssize_t order_len(LoadOrder *self) { return self->size; }
+
+static int order_contains(LoadOrder *self, PyObject *load) {
+    return PyObject_TypeCheck(load, &LoadCellType) && ((LoadCell *)load)->order == self;
+}
+
+static int order_traverse(LoadOrder *self, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < self->size; i++) Py_VISIT(self->heap[i]);
+    return 0;
+}
+
+static int order_clear(LoadOrder *self) {
+    while (self->size) { /* cells first told they are out, then released */
+        LoadCell *c = self->heap[--self->size];
+        self->heap[self->size] = NULL;
+        c->order = NULL;
+        c->order_at = 0;
+        Py_DECREF(c);
+    }
+    return 0;
+}
+
+static void order_dealloc(LoadOrder *self) {
+    PyObject_GC_UnTrack(self);
+    order_clear(self);
+    PyMem_Free(self->heap);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef order_methods[] = {
+    {"update", (PyCFunction)order_update, METH_O,
+     "update(load): its place after a change of its weight, requests or limit (out while saturated)"},
+    {"discard", (PyCFunction)order_discard, METH_O, "discard(load): out of the order (it left, or drains)"},
+    {"least", (PyCFunction)order_least, METH_NOARGS, "least() -> the least loaded replica's name, or None"},
+    {NULL},
+};
+
+static PySequenceMethods order_sequence = {
+    .sq_length = (lenfunc)order_len,
+    .sq_contains = (objobjproc)order_contains,
+};
+
+static PyTypeObject LoadOrderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "router._choice.LoadOrder",
+    .tp_doc = PyDoc_STR("A fleet's usable, unsaturated replica loads by (weight, name): an indexed heap "
+                        "(see router/_choice.c and router/order.py)."),
+    .tp_basicsize = sizeof(LoadOrder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)order_dealloc,
+    .tp_traverse = (traverseproc)order_traverse,
+    .tp_clear = (inquiry)order_clear,
+    .tp_methods = order_methods,
+    .tp_as_sequence = &order_sequence,
+};
 
 /* ---- configuration (router/replicas.py calls configure once) ----------------------- */
 
@@ -742,47 +979,33 @@ static int read_load(PyObject *load, LoadView *v) {
     return 0;
 }
 
-/* Fleet.least_loaded's answer when its heap's top is current, as it is almost always
- * (Fleet._push drops stale tops as they surface): the method's first step — heap[0] is
- * (weight, name) and usable[name] is a load of that weight below its limit, so the name is
- * the answer — read here without a Python frame; the getset reads of a LoadCell from Python
- * cost more than the check itself. 1 with *name and *load set (new references), 0 when the
- * method must run (a stale top, an empty heap, a fleet type whose least_loaded is another
- * function, anything unexpected), -1 on error. */
+/* Fleet.least_loaded's answer read without a Python frame when the fleet keeps its load
+ * order in a LoadOrder (router/order.py) and its type still has that method: the order's
+ * top, checked to be the fleet's usable load of that name (anything else: the method
+ * runs). 1 with *name and *load set (new references), 0 when the method must run (an
+ * empty order, a fleet type whose least_loaded is another function, anything
+ * unexpected), -1 on error. */
 static int least_at_top(PyObject *fleet, PyObject *usable, PyObject **name, PyObject **load) {
     if (!least_loaded_reference || _PyType_Lookup(Py_TYPE(fleet), least_loaded_str) != least_loaded_reference)
         return 0;
-    PyObject *heap = get(fleet, F_BY_LOAD);
-    if (!heap) return -1;
+    PyObject *order = get(fleet, F_BY_LOAD);
+    if (!order) return -1;
     int r = 0;
-    if (!PyList_CheckExact(heap) || !PyList_GET_SIZE(heap)) goto done;
-    PyObject *top = PyList_GET_ITEM(heap, 0);
-    if (!PyTuple_CheckExact(top) || PyTuple_GET_SIZE(top) != 2) goto done;
-    PyObject *weight = PyTuple_GET_ITEM(top, 0), *top_name = PyTuple_GET_ITEM(top, 1);
-    if (!PyUnicode_CheckExact(top_name) || !PyLong_CheckExact(weight)) goto done;
-    PyObject *found = PyDict_GetItemWithError(usable, top_name); /* borrowed */
+    if (Py_TYPE(order) != &LoadOrderType || !((LoadOrder *)order)->size) goto done;
+    LoadCell *top = ((LoadOrder *)order)->heap[0];
+    PyObject *found = PyDict_GetItemWithError(usable, top->name); /* borrowed */
     if (!found) {
         r = PyErr_Occurred() ? -1 : 0;
         goto done;
     }
-    const LoadCell *cell = as_cell(found);
-    const unsigned both = (1u << N_REQUESTS) | (1u << N_LIMIT);
-    if (!cell || !cell->number[N_WEIGHT] || !PyLong_CheckExact(cell->number[N_WEIGHT]) ||
-        (cell->flags & both) != both)
-        goto done;
-    int same = PyObject_RichCompareBool(cell->number[N_WEIGHT], weight, Py_EQ); /* two ints: no Python runs */
-    if (same < 0) {
-        r = -1;
-        goto done;
-    }
-    if (!same || !(cell->value[N_REQUESTS] < cell->value[N_LIMIT])) goto done;
-    Py_INCREF(top_name);
+    if (found != (PyObject *)top) goto done;
+    Py_INCREF(top->name);
     Py_INCREF(found);
-    *name = top_name;
+    *name = top->name;
     *load = found;
     r = 1;
 done:
-    Py_DECREF(heap);
+    Py_DECREF(order);
     return r;
 }
 
@@ -1593,12 +1816,18 @@ PyMODINIT_FUNC PyInit__choice(void) {
         !(popitem_str = PyUnicode_InternFromString("popitem")) ||
         !(record_str = PyUnicode_InternFromString("record")) || !(id_str = PyUnicode_InternFromString("_id")))
         return NULL;
-    if (PyType_Ready(&LoadCellType) < 0) return NULL;
+    if (PyType_Ready(&LoadCellType) < 0 || PyType_Ready(&LoadOrderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&LoadCellType);
     if (PyModule_AddObject(m, "LoadCell", (PyObject *)&LoadCellType) < 0) {
         Py_DECREF(&LoadCellType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&LoadOrderType);
+    if (PyModule_AddObject(m, "LoadOrder", (PyObject *)&LoadOrderType) < 0) {
+        Py_DECREF(&LoadOrderType);
         Py_DECREF(m);
         return NULL;
     }

@@ -9,11 +9,11 @@ members, and the placement memory (which replica served which prefix and session
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from router.load import ReplicaLoad
+from router.order import new_order
 from router.placement import DEFAULT_CAPACITY, DEFAULT_FANOUT, PlacementMemory, record
 from router.ring import VNODES, HashRing
 from subjects.messages import Heartbeat
@@ -66,11 +66,10 @@ class Fleet:
         self._placed_weight = 0
         self._placed_count = 0
         self.fill_weight = DEFAULT_FILL_WEIGHT
-        # (weight, name) of usable replicas, a min-heap with stale entries: every change of
-        # a replica's load pushes its new key, and ``least_loaded`` drops the entries that
-        # no longer match on its way to the answer. O(log n) per change instead of a scan
-        # of the fleet per question; rebuilt when stale entries outnumber live ones.
-        self._by_load: list[tuple[int, str]] = []
+        # The usable, unsaturated replicas by outstanding weight (router/order.py): told of
+        # every change of a usable replica's load, so ``least_loaded`` is O(1) and a change
+        # O(log n) instead of a scan of the fleet per question.
+        self._by_load = new_order(self.usable)
 
     # ---- membership ---------------------------------------------------------------------
     def beat(self, beat: Heartbeat, now: float) -> bool:
@@ -92,13 +91,14 @@ class Fleet:
         if beat.draining:
             if self.usable.pop(name, None) is not None:
                 self.usable_weight -= load.weight
+                self._by_load.discard(load)
         elif name not in self.usable:
             self.usable[name] = load
             self.usable_weight += load.weight
         load.usable = not beat.draining
         self.open_count += (name in self.usable and load.open) - was_open
         if load.usable:
-            self._push(load)
+            self._by_load.update(load)
         return newly_draining
 
     def remove(self, replica: str) -> bool:
@@ -108,6 +108,7 @@ class Fleet:
         if self.usable.pop(replica, None) is not None:
             self.usable_weight -= state.load.weight
             self.open_count -= state.load.open
+            self._by_load.discard(state.load)
         state.load.usable = False
         if self._ring is not None:
             self._ring.remove(replica)
@@ -135,36 +136,8 @@ class Fleet:
 
     def least_loaded(self) -> str | None:
         """The usable, unsaturated replica with the least outstanding weight (ties by
-        name); None when every one is saturated. O(log n) amortised."""
-        heap = self._by_load
-        usable = self.usable
-        while heap:
-            weight, name = heap[0]
-            load = usable.get(name)
-            if load is not None and load.weight == weight and load.requests < load.limit:
-                return name
-            # Stale (the replica's load changed since, or it left) or saturated: a later
-            # change of that replica pushes its key again.
-            heapq.heappop(heap)
-        return None
-
-    def _push(self, load: ReplicaLoad) -> None:
-        """Record ``load``'s new key (it is usable). Stale entries that surface at the top
-        are dropped here, on the bookkeeping side, so that ``least_loaded`` (on the
-        decision side) almost always finds its answer at the top."""
-        heap = self._by_load
-        usable = self.usable
-        if len(heap) > 4 * len(usable) + 64:
-            heap[:] = [(x.weight, name) for name, x in usable.items()]
-            heapq.heapify(heap)
-            return  # the rebuild holds every usable replica's current key, this one's too
-        heapq.heappush(heap, (load.weight, load.name))
-        while heap:
-            weight, name = heap[0]
-            top = usable.get(name)
-            if top is not None and top.weight == weight and top.requests < top.limit:
-                return
-            heapq.heappop(heap)
+        name); None when every one is saturated."""
+        return self._by_load.least()
 
     @property
     def usable_count(self) -> int:
@@ -187,7 +160,7 @@ class Fleet:
         if replica in self.usable:
             self.usable_weight += weight
             self.open_count += load.open - was_open
-            self._push(load)
+            self._by_load.update(load)
         self._placed_weight += weight
         self._placed_count += 1
         self._refill()
@@ -208,7 +181,7 @@ class Fleet:
         if replica in self.usable:
             self.usable_weight += load.weight - before
             self.open_count += load.open - was_open
-            self._push(load)
+            self._by_load.update(load)
 
     def sample(self, replica: str, outstanding: int) -> None:
         """``replica``'s own queue holds ``outstanding`` messages (queued + being served)."""
@@ -221,7 +194,7 @@ class Fleet:
         if replica in self.usable:
             self.usable_weight += load.weight - before
             self.open_count += load.open - was_open
-            self._push(load)
+            self._by_load.update(load)
 
     def _refill(self) -> None:
         # An attribute, not a property: replica choice reads it on every request.

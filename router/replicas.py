@@ -259,7 +259,7 @@ else:
     _configure_native(reference=choose_affinity_python, find_reference=PlacementMemory.find,
                       default_settings=DEFAULT_SETTINGS, spill=_SPILL,
                       block_tokens=BLOCK_TOKENS, id_bits=ID_BITS,
-                      least_loaded=Fleet.least_loaded)  # its usual answer read in C (least_at_top)
+                      least_loaded=Fleet.least_loaded)  # its answer (its LoadOrder's top) read in C
     choose_affinity = _native_choose_affinity
     _find = _native_find
 NATIVE_CHOICE = _native_choose_affinity is not None  # choose_affinity is the C twin

@@ -303,10 +303,11 @@ def test_a_load_subclass_that_redefines_an_attribute_is_read_through_it():
         assert want[0][0] != "r1"  # far past the bound, by its property (by its cell it is idle)
 
 
-def test_the_least_loaded_read_in_c_is_the_methods_answer_stale_top_or_not():
-    """A prompt with no key goes to Fleet.least_loaded; the twin reads its usual answer (a
-    current heap top) itself, and calls the method otherwise: a top whose replica left, and
-    a fleet type whose least_loaded is another function."""
+def test_the_least_loaded_read_in_c_is_the_methods_answer():
+    """A prompt with no key goes to Fleet.least_loaded; the twin reads its answer (the top
+    of the fleet's LoadOrder) itself, and calls the method otherwise: a fleet whose order
+    is the Python HeapOrder, and a fleet type whose least_loaded is another function."""
+    from router.order import HeapOrder
     from router.registry import Fleet
 
     table = ReplicaTable(ttl=10.0, load_from_heartbeats=False)
@@ -317,24 +318,26 @@ def test_the_least_loaded_read_in_c_is_the_methods_answer_stale_top_or_not():
     for step in range(12):  # placements move the least loaded replica around
         got = _choice.choose_affinity(keyless, fleet, DEFAULT_SETTINGS)
         assert got == choose_affinity_python(keyless, fleet, DEFAULT_SETTINGS)
+        assert got[0][0] == fleet.least_loaded()
         fleet.placed(got[0][0], 100 + step)
-    top = fleet._by_load[0][1]
-    table.remove(MODEL, top)  # the heap's top now names a replica that left: stale
-    assert fleet._by_load[0][1] == top
-    got = _choice.choose_affinity(keyless, fleet, DEFAULT_SETTINGS)  # the twin first, on the stale top
+    top = fleet.least_loaded()
+    table.remove(MODEL, top)  # the order's top leaves
+    got = _choice.choose_affinity(keyless, fleet, DEFAULT_SETTINGS)
+    assert got[0][0] != top and got[0][0] in fleet.usable
+    assert got == choose_affinity_python(keyless, fleet, DEFAULT_SETTINGS)
+    top = fleet.least_loaded()
+    for _ in range(4):  # up to its limit (2 x capacity 2): saturated, out of the order
+        fleet.placed(top, 1)
+    got = _choice.choose_affinity(keyless, fleet, DEFAULT_SETTINGS)
     assert got[0][0] != top
     assert got == choose_affinity_python(keyless, fleet, DEFAULT_SETTINGS)
-    # A top whose load changed behind the fleet's back (weight, then saturation): stale too.
-    for change in ("weight", "requests"):
-        top = fleet._by_load[0][1]
-        load = fleet.usable[top]
-        if change == "weight":
-            load.weight += 10_000
-        else:
-            load.requests = int(load.limit)
-        got = _choice.choose_affinity(keyless, fleet, DEFAULT_SETTINGS)
-        assert got[0][0] != top
-        assert got == choose_affinity_python(keyless, fleet, DEFAULT_SETTINGS)
+
+    reference = Fleet(MODEL)
+    reference._by_load = HeapOrder(reference.usable)
+    for i in range(5):
+        reference.beat(Heartbeat(model=MODEL, replica=f"r{i}", capacity=2), 0.0)
+        reference.placed(f"r{i}", 50 - i)
+    assert _choice.choose_affinity(keyless, reference, DEFAULT_SETTINGS)[0][0] == "r4"
 
     class Pinned(Fleet):
         __slots__ = ()
@@ -345,5 +348,5 @@ def test_the_least_loaded_read_in_c_is_the_methods_answer_stale_top_or_not():
     pinned = Pinned(MODEL)
     for i in range(5):
         pinned.beat(Heartbeat(model=MODEL, replica=f"r{i}", capacity=2), 0.0)
-    assert pinned._by_load[0][1] != "r4"
+    assert Fleet.least_loaded(pinned) != "r4"
     assert _choice.choose_affinity(keyless, pinned, DEFAULT_SETTINGS)[0][0] == "r4"
