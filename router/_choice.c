@@ -428,19 +428,22 @@ static int cell_less(const LoadCell *a, const LoadCell *b) {
     return PyObject_RichCompareBool(a->name, b->name, Py_LT);
 }
 
-/* The cell belongs at place i: moved towards the top past every entry it is less than. */
+/* Puts c at place i of the heap (the one write that keeps heap[i]->order_at == i). */
+static inline void order_put(LoadOrder *o, Py_ssize_t i, LoadCell *c) {
+    o->heap[i] = c;
+    c->order_at = i;
+}
+
+/* The cell at place i moved towards the top past every entry it is less than. */
 static int order_sift_up(LoadOrder *o, Py_ssize_t i) {
     LoadCell *c = o->heap[i];
     int r = 0;
-    while (i > 0) {
-        Py_ssize_t parent = (i - 1) / 2;
+    for (Py_ssize_t parent; i > 0; i = parent) {
+        parent = (i - 1) / 2;
         if ((r = cell_less(c, o->heap[parent])) <= 0) break;
-        o->heap[i] = o->heap[parent];
-        o->heap[i]->order_at = i;
-        i = parent;
+        order_put(o, i, o->heap[parent]);
     }
-    o->heap[i] = c;
-    c->order_at = i;
+    order_put(o, i, c);
     return r < 0 ? -1 : 0;
 }
 
@@ -448,20 +451,15 @@ static int order_sift_up(LoadOrder *o, Py_ssize_t i) {
 static int order_sift_down(LoadOrder *o, Py_ssize_t i) {
     LoadCell *c = o->heap[i];
     int r = 0;
-    for (;;) {
-        Py_ssize_t child = 2 * i + 1;
-        if (child >= o->size) break;
+    for (Py_ssize_t child; (child = 2 * i + 1) < o->size; i = child) {
         if (child + 1 < o->size) {
             if ((r = cell_less(o->heap[child + 1], o->heap[child])) < 0) break;
             child += r;
         }
         if ((r = cell_less(o->heap[child], c)) <= 0) break;
-        o->heap[i] = o->heap[child];
-        o->heap[i]->order_at = i;
-        i = child;
+        order_put(o, i, o->heap[child]);
     }
-    o->heap[i] = c;
-    c->order_at = i;
+    order_put(o, i, c);
     return r < 0 ? -1 : 0;
 }
 
@@ -474,8 +472,7 @@ static int order_remove(LoadOrder *o, LoadCell *c) {
     c->order_at = 0;
     int r = 0;
     if (last != c) {
-        o->heap[i] = last;
-        last->order_at = i;
+        order_put(o, i, last);
         r = order_sift_up(o, i);
         if (r == 0) r = order_sift_down(o, last->order_at);
     }
@@ -528,8 +525,7 @@ static PyObject *order_update(LoadOrder *self, PyObject *load) {
     }
     Py_INCREF(c);
     c->order = self;
-    self->heap[self->size] = c;
-    c->order_at = self->size++;
+    order_put(self, self->size++, c);
     if (order_sift_up(self, c->order_at) < 0) return NULL;
     Py_RETURN_NONE;
 }
