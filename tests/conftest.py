@@ -11,7 +11,7 @@ import importlib.util
 import io
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -118,6 +118,25 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0, step:
     while not condition():
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(step)
+
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout: float = 10.0,
+                     step: float = 0.05) -> T:
+    """Await ``probe()`` until ``check`` holds for its result, and return that result: the
+    bounded poll for state no event announces (a stream's message count, a monitor's
+    snapshot, a scraped page). Raises AssertionError with the last result at ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await probe()
+        if check(result):
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last result: {str(result)[:1000]}")
         await asyncio.sleep(step)
 
 

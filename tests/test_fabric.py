@@ -11,7 +11,7 @@ from fabric.client import Client, FabricError, chat
 from subjects import codec
 from subjects.messages import ErrorReply, Heartbeat
 from subjects.settings import replica_bucket_config
-from tests.conftest import wait_until
+from tests.conftest import eventually, wait_until
 from workers.sim_engine import SimEngine, SimParams
 
 
@@ -161,12 +161,7 @@ async def test_retry_with_the_same_id_runs_once(fabric, client):
     # The ack follows the final chunk, so the stream may hold the item a moment longer.
     js = client.nc.jetstream()
     stream = client.names.work_stream("general")
-    for _ in range(100):
-        info = await js.stream_info(stream)
-        if info.state.messages == 0:
-            break
-        await asyncio.sleep(0.02)  # bounded poll: at most 2 s
-    assert info.state.messages == 0
+    await eventually(lambda: js.stream_info(stream), lambda info: info.state.messages == 0, timeout=2, step=0.02)
     assert worker.completed == 1
 
 

@@ -10,7 +10,6 @@ import signal
 import socket
 import sys
 import urllib.request
-from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,6 +18,7 @@ from fabric.client import chat
 from fabric.lag import ConsumerLag, LagMonitor, LagSnapshot, StreamLag, take_snapshot
 from fabric.lag_metrics import LagMetrics
 from fabric.lag_view import LagView, backlog_rate, format_age, sparkline
+from tests.conftest import eventually
 from tests.test_metrics import GatedEngine
 
 # ---------------------------------------------------------------------------------------
@@ -96,20 +96,6 @@ def test_view_says_what_to_do_when_nothing_runs():
 # ---------------------------------------------------------------------------------------
 # Against a real nats-server with queued work
 # ---------------------------------------------------------------------------------------
-
-
-async def eventually(probe: Callable[[], Awaitable[LagSnapshot]], check: Callable[[LagSnapshot], bool],
-                     timeout: float = 10.0) -> LagSnapshot:
-    """Poll ``probe`` until ``check`` holds for its result (no fixed sleeps)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await probe()
-        if check(result):
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last snapshot: {result}")
-        await asyncio.sleep(0.05)
 
 
 def row(snap: LagSnapshot, model: str, replica: str) -> ConsumerLag:
@@ -311,14 +297,11 @@ async def test_lag_serve_exports_gauges_on_the_metrics_port(fabric, client, nats
     )
     try:
         consumer_name = client.names.replica_consumer("general", "r0")
-        body = ""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while f'consumer="{consumer_name}"' not in body:
-            assert proc.returncode is None, "the monitor exited early"
-            assert loop.time() < deadline, f"no consumer gauges on /metrics: {body[:500]}"
-            body = await asyncio.to_thread(_scrape, port)
-            await asyncio.sleep(0.1)
+        # Polled until the gauges appear, or the monitor exits (checked right after).
+        body = await eventually(lambda: asyncio.to_thread(_scrape, port),
+                                lambda page: f'consumer="{consumer_name}"' in page or proc.returncode is not None,
+                                timeout=20, step=0.1)
+        assert proc.returncode is None, "the monitor exited early"
         assert 'slm_consumer_pending{consumer="' in body
         assert 'slm_build_info{component="lag-monitor"' in body
     finally:

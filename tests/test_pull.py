@@ -8,6 +8,7 @@ from nats.aio.msg import Msg
 
 from subjects.names import Names
 from subjects.settings import ensure_stream, work_consumer_config, work_stream_config
+from tests.conftest import wait_until
 from workers.pull import Puller
 
 
@@ -28,7 +29,7 @@ async def test_doorbell_rings_when_work_lands_and_leaves_it_for_a_real_pull(clie
     settled = asyncio.Event()
     puller = Puller(client.nc, "$JS.API", stream, durable, delivered.append, settled.set)
     ringing = asyncio.ensure_future(puller.doorbell(expires=10.0))
-    await asyncio.sleep(0)  # let the doorbell's request go out first
+    await wait_until(lambda: puller.lingering)  # the doorbell's request went out first
     await client.nc.flush()
     assert puller.lingering and puller.outstanding == 0  # waiting, holding no credit
     await js.publish(names.work("general", "r0"), b"work item")

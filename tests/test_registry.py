@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from nats.js.errors import NotFoundError
 
 from fabric.client import chat
 from router.context import PREFIX_BLOCK_CHARS, PrefixMemory
@@ -18,7 +19,7 @@ from router.rules import DEFAULT_RULES
 from subjects import codec
 from subjects.messages import Heartbeat, PlacementRecord
 from subjects.settings import replica_bucket_config, work_consumer_config
-from tests.conftest import wait_until
+from tests.conftest import eventually, wait_until
 
 MODEL = "general"
 
@@ -35,12 +36,15 @@ async def ghost(client, name: str = "ghost", *, draining: asyncio.Event | None =
     js = client.nc.jetstream()
     kv = await js.create_key_value(**replica_bucket_config(names))
     stream = names.work_stream(MODEL)
-    for _ in range(100):  # the router creates the stream at start
+
+    async def stream_exists() -> bool:
         try:
             await js.stream_info(stream)
-            break
-        except Exception:
-            await asyncio.sleep(0.05)
+        except NotFoundError:
+            return False
+        return True
+
+    await eventually(stream_exists, bool, timeout=5)  # the router creates the stream at start
     await js.add_consumer(stream, **work_consumer_config(
         names.replica_consumer(MODEL, name), names.work(MODEL, name), 100))
     dead = asyncio.Event()
@@ -71,11 +75,7 @@ async def queue_requests_on_ghost(fabric, client, count: int) -> list[asyncio.Fu
     answers = [asyncio.ensure_future(client.complete(
         chat(f"Tell me about the sea, part {i}.", model=MODEL, max_tokens=4, id=f"req-{i}"),
         timeout=30)) for i in range(count)]
-    for _ in range(200):
-        if await queued_on(client, "ghost") == count:
-            break
-        await asyncio.sleep(0.05)
-    assert await queued_on(client, "ghost") == count
+    await eventually(lambda: queued_on(client, "ghost"), lambda queued: queued == count)
     return answers
 
 
@@ -174,13 +174,12 @@ async def test_a_burst_of_one_new_prefix_is_spread_by_the_load_bound(fabric, cli
             msgspec.structs.replace(request, id=f"burst-{i}"), timeout=30, retries=0))
             for i in range(burst)]
         try:
-            counts: dict[str, int] = {}
-            for _ in range(200):
-                counts = {name: await queued_on(client, name) for name in ghosts}
-                if sum(counts.values()) == burst:
-                    break
-                await asyncio.sleep(0.05)
-            assert {k: v for k, v in counts.items() if v} == dict(expected)
+
+            async def counts() -> dict[str, int]:
+                return {name: await queued_on(client, name) for name in ghosts}
+
+            queued = await eventually(counts, lambda c: sum(c.values()) == burst)
+            assert {k: v for k, v in queued.items() if v} == dict(expected)
         finally:
             for answer in answers:
                 answer.cancel()

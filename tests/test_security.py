@@ -33,7 +33,7 @@ from fabric.client import Client, chat
 from fabric.local import NatsServer, ProcessGroup, component_command, nats_server_binary
 from fabric.security import ROLES, Plan, Tls, password_variable, render
 from subjects.names import Names
-from tests.conftest import Fabric, wait_until
+from tests.conftest import Fabric, eventually, wait_until
 
 CLIENTS = ("alice", "bob")
 MODELS = ("general",)
@@ -275,7 +275,7 @@ async def test_tls_needs_no_change_in_the_components(tmp_path):
         client = await Client.connect(f"tls://client:{passwords['client']}@127.0.0.1:{port}",
                                       names.prefix, tls=trusted)
         try:
-            await asyncio.wait_for(served(client), 60)
+            await served(client, 60)
             answer = await client.complete(chat("over TLS", model="general", max_tokens=3), timeout=10)
             assert answer.finish_reason == "length"
         finally:
@@ -287,13 +287,17 @@ async def test_tls_needs_no_change_in_the_components(tmp_path):
         server.stop()
 
 
-async def served(client: Client) -> None:
-    while True:
+async def served(client: Client, timeout: float) -> None:
+    """Until a request is answered (before that: no router or replica yet)."""
+
+    async def answered() -> bool:
         try:
             await client.complete(chat("ping", model="general", max_tokens=1), timeout=2, retries=0)
-            return
-        except Exception:  # no router or replica yet
-            await asyncio.sleep(0.2)
+        except Exception:
+            return False
+        return True
+
+    await eventually(answered, bool, timeout, step=0.2)
 
 
 def tls_handshake(port: int, context: ssl.SSLContext) -> tuple[str, str]:

@@ -28,7 +28,7 @@ from subjects.messages import (
 )
 from subjects.names import ANY_REPLICA, HEADER_MSG_ID, HEADER_REPLY, HEADER_RESTARTED
 from subjects.settings import MAX_DELIVER, ensure_stream, work_stream_config
-from tests.conftest import wait_until
+from tests.conftest import eventually, wait_until
 from workers.engine import Delta, EngineDeadError, EngineGenerateError, EngineRequestError
 from workers.sim_engine import SimEngine, SimParams
 
@@ -126,11 +126,7 @@ class Queue:
 
 async def settles_to(read: Any, expected: Any, timeout: float = 10.0) -> None:
     """Until ``await read()`` returns ``expected``: acks travel after the final reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (value := await read()) != expected:
-        assert loop.time() < deadline, f"still {value!r}, not {expected!r}, after {timeout}s"
-        await asyncio.sleep(0.02)
+    await eventually(read, lambda value: value == expected, timeout, step=0.02)
 
 
 async def replies(sub: Any, timeout: float = 10.0) -> list[Reply]:

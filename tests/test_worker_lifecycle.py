@@ -15,7 +15,7 @@ from fabric.client import chat
 from fabric.local import NatsServer
 from subjects import codec
 from subjects.messages import Chunk
-from tests.conftest import wait_until
+from tests.conftest import eventually, wait_until
 from tests.test_worker_acks import Queue, ScriptedEngine, replies, settles_to
 from workers.config import MODEL_ADMISSION, WorkerConfig, admission_for, load_worker_config
 
@@ -165,13 +165,11 @@ async def test_sigterm_past_the_grace_period_hands_work_back_at_once(nats_server
 
 async def wait_until_async(read, timeout: float) -> None:
     """Until ``await read()`` is truthy (an exception counts as not yet)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+
+    async def probe() -> bool:
         try:
-            if await read():
-                return
+            return bool(await read())
         except Exception:
-            pass
-        assert loop.time() < deadline, f"not ready within {timeout}s"
-        await asyncio.sleep(0.05)
+            return False
+
+    await eventually(probe, bool, timeout)
