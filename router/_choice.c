@@ -542,8 +542,10 @@ static PyObject *order_discard(LoadOrder *self, PyObject *load) {
 static PyObject *order_least(LoadOrder *self, PyObject *unused) {
     (void)unused;
     if (!self->size) Py_RETURN_NONE;
-    Py_INCREF(self->heap[0]->name);
-    return self->heap[0]->name;
+    LoadCell *top = self->heap[0];
+    if (!top->name) return cell_unset((PyObject *)top, "name"); /* deleted since it came in */
+    Py_INCREF(top->name);
+    return top->name;
 }
 
 static Py_ssize_t order_len(LoadOrder *self) { return self->size; }
@@ -989,6 +991,7 @@ static int least_at_top(PyObject *fleet, PyObject *usable, PyObject **name, PyOb
     int r = 0;
     if (Py_TYPE(order) != &LoadOrderType || !((LoadOrder *)order)->size) goto done;
     LoadCell *top = ((LoadOrder *)order)->heap[0];
+    if (!top->name) goto done; /* deleted since: the method raises */
     PyObject *found = PyDict_GetItemWithError(usable, top->name); /* borrowed */
     if (!found) {
         r = PyErr_Occurred() ? -1 : 0;

@@ -126,6 +126,14 @@ class TestLoadOrder:
         with pytest.raises(AttributeError, match="name"):
             LoadOrder().update(unnamed)
 
+    def test_a_name_deleted_while_held_is_an_error_not_a_crash(self) -> None:
+        order = LoadOrder()
+        (load,) = self.loads(("a", 1))
+        order.update(load)
+        del load.name
+        with pytest.raises(AttributeError, match="name"):
+            order.least()
+
     def test_a_dropped_order_lets_its_loads_join_another(self) -> None:
         (load,) = self.loads(("a", 1))
         first = LoadOrder()
