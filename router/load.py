@@ -17,8 +17,9 @@ n outstanding messages (off the request path).
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
+from itertools import islice
+from operator import sub
 
 from router.context import PURE_PYTHON
 from subjects.messages import CacheClass
@@ -143,8 +144,12 @@ class ReplicaLoad(_LoadBase):  # type: ignore[misc]
         top = last - queued
         span = min(running + (running + 1) // 2, top)
         if span > running:
-            steps = [cum[i] - cum[i - 1] for i in range(top - span + 1, top + 1)]
-            weight += sum(heapq.nlargest(running, steps))
+            # The span's steps read from the deque's right end (indexing a deque walks its
+            # blocks), their largest summed after a sort: heapq.nlargest took ~6 us for 8
+            # of 12, and the router samples every replica of a fleet in one go.
+            newest = list(islice(reversed(cum), queued, queued + span + 1))  # cum[top] down to cum[top - span]
+            steps = sorted(map(sub, newest, islice(newest, 1, None)))
+            weight += sum(steps[span - running:])
         else:
             weight += cum[top] - cum[top - running]
         self.weight = weight + missing * fill_weight

@@ -67,6 +67,10 @@ log = logging.getLogger("slm.router")
 # Room a work item needs around the request it wraps (ids, reply subject, routing context,
 # headers), so a request that passes the size check also fits the server's max_payload.
 WORK_ITEM_OVERHEAD_BYTES = 4096
+# Load samples applied between yields to the event loop: a fleet's samples in one go held
+# every request behind them (a sample is ~6 us of Python: 1,024 replicas, ~6 ms); 64 keep
+# each stretch under half a millisecond.
+SAMPLES_PER_YIELD = 64
 
 
 class Rejected(Exception):
@@ -448,8 +452,10 @@ class Router:
                     log.debug("load sample of %s failed: %s", model, exc)
                     continue
                 counts = info.state.subjects or {}
-                for replica in list(fleet.members):
+                for done, replica in enumerate(list(fleet.members), 1):
                     fleet.sample(replica, counts.get(self.names.work(model, replica), 0))
+                    if done % SAMPLES_PER_YIELD == 0:
+                        await asyncio.sleep(0)  # requests waiting behind the loop go first
 
     # ---- one request -----------------------------------------------------------------
     async def handle(self, msg: Msg) -> None:

@@ -255,6 +255,26 @@ def test_outstanding_work_is_the_newest_queued_and_the_heavy_ones_still_running(
     assert load.weight == 9710 + 2 * 50
 
 
+def test_a_sample_prices_the_queued_exactly_and_the_running_as_the_heaviest_before_them():
+    """Random histories against the rule written plainly: the newest ``outstanding -
+    capacity`` placements are queued, and the running ones are the ``capacity`` heaviest
+    of the 1.5 x as many placements just before them."""
+    rng = random.Random(5)
+    for _ in range(400):
+        capacity = rng.randrange(1, 6)
+        load = ReplicaLoad(limit=100, capacity=capacity)
+        weights = [rng.choice((rng.randrange(1, 1000), 100)) for _ in range(rng.randrange(1, 30))]
+        for weight in weights:
+            load.placed(weight)
+        outstanding = rng.randrange(0, len(weights) + 1)
+        load.sample(outstanding, fill_weight=50)
+        running = min(outstanding, capacity)
+        top = len(weights) - (outstanding - running)  # placements before the queued ones
+        span = min(running + (running + 1) // 2, top)
+        heaviest = sorted(weights[top - span:top], reverse=True)[:running]
+        assert (load.weight, load.requests) == (sum(weights[top:]) + sum(heaviest), outstanding)
+
+
 # ---- the policy --------------------------------------------------------------------------------
 def test_a_session_sticks_to_its_replica():
     _, fleet = fleet_of(8)
