@@ -73,7 +73,7 @@ enum {
     F_WEIGHT, F_REQUESTS, F_LIMIT, F_LOAD_USABLE, F_NAME, F_AS_COLD, F_AS_PREFIX_HIT, F_AS_STICKY,
     F_LOAD_EPSILON, F_MOVE_COST, F_FREE_MOVE_TOKENS, F_FLOOR_REQUESTS, F_DECODE_WEIGHT,
     F_LOAD_COST, F_DEFAULT_OUTPUT_TOKENS, F_RING_CHOICES, F_MAX_WALK, F_FALLBACKS,
-    F_RETIRING, F_CAPACITY, F_FANOUT, F_IDS, F_BY_LOAD,
+    F_RETIRING, F_CAPACITY, F_FANOUT, F_IDS, F_BY_LOAD, F_GEN_SIZE, F_RETIRING_AT,
     F_COUNT
 };
 
@@ -98,6 +98,7 @@ static Field fields[F_COUNT] = {
     [F_MAX_WALK] = {"max_walk"}, [F_FALLBACKS] = {"fallbacks"},
     [F_RETIRING] = {"_retiring"}, [F_CAPACITY] = {"_capacity"}, [F_FANOUT] = {"_fanout"},
     [F_IDS] = {"_ids"}, [F_BY_LOAD] = {"_by_load"},
+    [F_GEN_SIZE] = {"_size"}, [F_RETIRING_AT] = {"_retiring_at"},
 };
 
 static void field_resolve(Field *f, PyTypeObject *tp) {
@@ -684,11 +685,55 @@ static void found_clear(Found *f) {
 /* `h in new or h in old`: 1 with *entry set to its value (borrowed: `new.get(h)`, else
  * `old[h]`, what the Python reads once the search is over), 0, or -1 on error. Keeping
  * the value of the deepest hit saves that last lookup. */
+/* A key is hashed once per probe or put, not once per dict read and write (CPython
+ * before 3.13 exports the known-hash dict calls). */
+#if PY_VERSION_HEX < 0x030D0000
+#define DICT_GET(d, k, hash) _PyDict_GetItem_KnownHash((d), (k), (hash))
+#define DICT_SET(d, k, v, hash) _PyDict_SetItem_KnownHash((d), (k), (v), (hash))
+#else
+#define DICT_GET(d, k, hash) PyDict_GetItemWithError((d), (k))
+#define DICT_SET(d, k, v, hash) PyDict_SetItem((d), (k), (v))
+#endif
+
+/* A generation of router.placement._TwoGenerations: a tuple of dicts (its shards), a power
+ * of two of them, a key in the one shard_index picks. 1 when `shards` is a tuple of that
+ * shape (its items are checked where they are used), else 0. */
+static inline int is_generation(PyObject *shards) {
+    if (!PyTuple_CheckExact(shards)) return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(shards);
+    return n > 0 && (n & (n - 1)) == 0;
+}
+
+/* The shard of a key of this hash, as router.placement._shard picks it: the top bits of
+ * hash x 2**64 / phi (mod 2**64), log2(count) of them. */
+static inline Py_ssize_t shard_index(PyObject *shards, Py_hash_t hash) {
+    uint64_t n = (uint64_t)PyTuple_GET_SIZE(shards); /* a power of two (is_generation) */
+    if (n == 1) return 0;
+    return (Py_ssize_t)(((uint64_t)hash * 0x9E3779B97F4A7C15ULL) >> (64 - __builtin_ctzll(n)));
+}
+
+/* Shard i of a generation, borrowed; NULL with TypeError when it is not a plain dict (the
+ * generations are made by router.placement alone: a shard of another type is a fault). */
+static inline PyObject *shard_of(PyObject *shards, Py_ssize_t i) {
+    PyObject *d = PyTuple_GET_ITEM(shards, i);
+    if (PyDict_CheckExact(d)) return d;
+    PyErr_Format(PyExc_TypeError, "a placement generation's shard is a %.100s, not a dict", Py_TYPE(d)->tp_name);
+    return NULL;
+}
+
+/* `h in new or h in old`, the value when it is: 1 (*entry borrowed), 0, -1 on error,
+ * FALLBACK for a shard that is not a plain dict. new and old are generations of the same
+ * shard count. */
 static inline int placed(PyObject *new, PyObject *old, PyObject *h, PyObject **entry) {
-    PyObject *v = PyDict_GetItemWithError(new, h);
+    Py_hash_t hash = PyObject_Hash(h);
+    if (hash == -1) return -1;
+    Py_ssize_t at = shard_index(new, hash);
+    PyObject *in_new = PyTuple_GET_ITEM(new, at), *in_old = PyTuple_GET_ITEM(old, at);
+    if (!PyDict_CheckExact(in_new) || !PyDict_CheckExact(in_old)) return FALLBACK;
+    PyObject *v = DICT_GET(in_new, h, hash);
     if (!v) {
         if (PyErr_Occurred()) return -1;
-        v = PyDict_GetItemWithError(old, h);
+        v = DICT_GET(in_old, h, hash);
         if (!v) return PyErr_Occurred() ? -1 : 0;
     }
     *entry = v;
@@ -752,10 +797,12 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         if (!(sessions = get(memory, F_SESSIONS)) || !(snew = get(sessions, F_NEW)) ||
             !(sold = get(sessions, F_OLD)))
             goto error;
-        if (!PyDict_CheckExact(snew) || !PyDict_CheckExact(sold)) goto done;
-        PyObject *sticky = PyDict_GetItemWithError(snew, session_obj);
-        if (!sticky && !PyErr_Occurred()) sticky = PyDict_GetItemWithError(sold, session_obj);
-        if (!sticky && PyErr_Occurred()) goto error;
+        if (!is_generation(snew) || !is_generation(sold) || PyTuple_GET_SIZE(snew) != PyTuple_GET_SIZE(sold))
+            goto done;
+        PyObject *sticky = NULL;
+        int there = placed(snew, sold, session_obj, &sticky);
+        if (there < 0) goto error;
+        if (there == FALLBACK) goto done;
         if (sticky == Py_None) sticky = NULL;
         Py_XINCREF(sticky);
         f->sticky = sticky;
@@ -771,7 +818,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     if (!(prefixes = get(memory, F_PREFIXES)) || !(new = get(prefixes, F_NEW)) ||
         !(old = get(prefixes, F_OLD)))
         goto error;
-    if (!PyDict_CheckExact(new) || !PyDict_CheckExact(old)) goto done;
+    if (!is_generation(new) || !is_generation(old) || PyTuple_GET_SIZE(new) != PyTuple_GET_SIZE(old)) goto done;
     PyObject *const *h = &PyTuple_GET_ITEM(hashes, 0);
     /* The answer lies in [low, high]: depth low is placed (0: trivially), none past high
      * is; the hint's probes narrow it first, right or wrong. depth d is hashes[d - 1]. */
@@ -780,10 +827,12 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     PyObject *entry = NULL, *probed = NULL; /* the value at depth low; at the last probe */
     if (0 < hint && hint <= size) {
         if ((there = placed(new, old, h[hint - 1], &entry)) < 0) goto error;
+        if (there == FALLBACK) goto done;
         if (there) {
             low = (Py_ssize_t)hint;
             there = hint < size ? placed(new, old, h[hint], &probed) : 0;
             if (there < 0) goto error;
+            if (there == FALLBACK) goto done;
             if (there) {
                 low = (Py_ssize_t)hint + 1;
                 entry = probed;
@@ -796,6 +845,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     }
     if (!low && high == size) { /* no hint: the first block first, so a new prompt is one probe */
         if ((there = placed(new, old, h[0], &entry)) < 0) goto error;
+        if (there == FALLBACK) goto done;
         if (!there) {
             r = 0;
             goto done;
@@ -804,6 +854,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     }
     if (high == size && low < size) { /* the whole prompt placed before */
         if ((there = placed(new, old, h[size - 1], &probed)) < 0) goto error;
+        if (there == FALLBACK) goto done;
         if (there) {
             low = size;
             entry = probed;
@@ -813,6 +864,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     }
     if (!low && high) {
         if ((there = placed(new, old, h[0], &entry)) < 0) goto error;
+        if (there == FALLBACK) goto done;
         if (!there) { /* not even the first block: not placed */
             r = 0;
             goto done;
@@ -822,6 +874,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     while (low < high) {
         Py_ssize_t mid = (low + high + 1) / 2;
         if ((there = placed(new, old, h[mid - 1], &probed)) < 0) goto error;
+        if (there == FALLBACK) goto done;
         if (there) {
             low = mid;
             entry = probed;
@@ -1339,15 +1392,6 @@ done:
 
 typedef unsigned __int128 u128;
 
-/* A prefix hash is hashed once per record, not once per dict read and write (CPython
- * before 3.13 exports the known-hash dict calls). */
-#if PY_VERSION_HEX < 0x030D0000
-#define DICT_GET(d, k, hash) _PyDict_GetItem_KnownHash((d), (k), (hash))
-#define DICT_SET(d, k, v, hash) _PyDict_SetItem_KnownHash((d), (k), (v), (hash))
-#else
-#define DICT_GET(d, k, hash) PyDict_GetItemWithError((d), (k))
-#define DICT_SET(d, k, v, hash) PyDict_SetItem((d), (k), (v))
-#endif
 
 static PyObject *memory_type;      /* router.placement.PlacementMemory */
 static PyObject *generations_type; /* router.placement._TwoGenerations */
@@ -1401,10 +1445,14 @@ static PyObject *u128_to_long(u128 v) {
 #endif
 }
 
-/* A _TwoGenerations read once per call: its dicts (new references) and its size limit. */
+/* A _TwoGenerations read once per call: its generations (tuples of dicts, new references),
+ * its size limit, and its two counters, written back by gens_done. */
 typedef struct {
     PyObject *obj, *new, *old, *retiring;
-    Py_ssize_t half; /* _capacity // 2: the newer generation is full at this size */
+    Py_ssize_t half;        /* _capacity // 2: the newer generation is full at this size */
+    Py_ssize_t size;        /* _size: keys in the newer generation */
+    Py_ssize_t retiring_at; /* _retiring_at: the retiring shard being freed */
+    int changed;            /* size or retiring_at moved since gens_read */
 } Gens;
 
 static void gens_clear(Gens *g) {
@@ -1412,6 +1460,26 @@ static void gens_clear(Gens *g) {
     Py_CLEAR(g->new);
     Py_CLEAR(g->old);
     Py_CLEAR(g->retiring);
+}
+
+/* Writes the counters back (after every call that read them, an error's too: the dicts
+ * changed as far as the call got), then clears g; -1 if the write failed. */
+static int gens_done(Gens *g) {
+    int r = 0;
+    if (g->obj && g->changed) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback); /* the call's own error, if any, wins */
+        PyObject *size = PyLong_FromSsize_t(g->size), *at = PyLong_FromSsize_t(g->retiring_at);
+        if (!size || !at || set(g->obj, F_GEN_SIZE, size) < 0 || set(g->obj, F_RETIRING_AT, at) < 0) r = -1;
+        Py_XDECREF(size);
+        Py_XDECREF(at);
+        if (type) {
+            PyErr_Restore(type, value, traceback);
+            r = 0;
+        }
+    }
+    gens_clear(g);
+    return r;
 }
 
 /* 0, FALLBACK (not a _TwoGenerations of plain dicts), -1 on error (g cleared on both). */
@@ -1426,32 +1494,70 @@ static int gens_read(PyObject *obj, Gens *g) {
         gens_clear(g);
         return -1;
     }
-    if ((r = get_int(obj, F_CAPACITY, &capacity))) {
+    long long size, at;
+    if ((r = get_int(obj, F_CAPACITY, &capacity)) || (r = get_int(obj, F_GEN_SIZE, &size)) ||
+        (r = get_int(obj, F_RETIRING_AT, &at))) {
         gens_clear(g);
         return r;
     }
-    if (!PyDict_CheckExact(g->new) || !PyDict_CheckExact(g->old) || !PyDict_CheckExact(g->retiring) ||
-        capacity < 0) {
+    /* Three generations of one shard count. Their shards are checked as they are used
+     * (shard_of): reading every one's type here, 192 cold lines, cost a claim ~2 us. */
+    Py_ssize_t n = is_generation(g->new) ? PyTuple_GET_SIZE(g->new) : 0;
+    int plain = n && capacity >= 0 && size >= 0 && at >= 0 && at <= n && is_generation(g->old) &&
+                is_generation(g->retiring) && PyTuple_GET_SIZE(g->old) == n && PyTuple_GET_SIZE(g->retiring) == n;
+    if (!plain) {
         gens_clear(g);
         return FALLBACK;
     }
     g->half = (Py_ssize_t)(capacity / 2);
+    g->size = (Py_ssize_t)size;
+    g->retiring_at = (Py_ssize_t)at;
     return 0;
 }
 
-/* _TwoGenerations.put, step for step (popitem is the dict's own: the same entries go). */
+/* A generation of n empty dicts (the Python's _shards()). */
+static PyObject *fresh_generation(Py_ssize_t n) {
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; t && i < n; i++) {
+        PyObject *d = PyDict_New();
+        if (!d) Py_CLEAR(t);
+        else PyTuple_SET_ITEM(t, i, d);
+    }
+    return t;
+}
+
+/* _TwoGenerations.put, step for step (popitem is the dict's own: the same entries go);
+ * hash is key's. */
 static int gens_put(Gens *g, PyObject *key, Py_hash_t hash, PyObject *value) {
-    if (DICT_SET(g->new, key, value, hash) < 0) return -1;
-    for (int i = 0; i < 2 && PyDict_GET_SIZE(g->retiring); i++) {
-        PyObject *item = PyObject_CallMethodNoArgs(g->retiring, popitem_str);
+    const Py_ssize_t n = PyTuple_GET_SIZE(g->new);
+    PyObject *shard = shard_of(g->new, shard_index(g->new, hash));
+    if (!shard) return -1;
+    Py_ssize_t before = PyDict_GET_SIZE(shard);
+    if (DICT_SET(shard, key, value, hash) < 0) return -1;
+    g->size += PyDict_GET_SIZE(shard) - before;
+    g->changed = 1;
+    for (int i = 0; i < 2; i++) { /* free two of the retiring generation's entries */
+        PyObject *rest = NULL;
+        while (g->retiring_at < n) {
+            if (!(rest = shard_of(g->retiring, g->retiring_at))) return -1;
+            if (PyDict_GET_SIZE(rest)) break;
+            g->retiring_at++;
+        }
+        if (g->retiring_at == n) break;
+        PyObject *item = PyObject_CallMethodNoArgs(rest, popitem_str);
         if (!item) return -1;
         Py_DECREF(item);
     }
-    if (PyDict_GET_SIZE(g->new) >= g->half) {
-        if (PyDict_GET_SIZE(g->retiring)) PyDict_Clear(g->retiring);
-        PyObject *fresh = PyDict_New();
+    if (g->size >= g->half) {
+        for (Py_ssize_t i = 0; i < n; i++) { /* empty by now, as the Python's comment says */
+            PyObject *rest = shard_of(g->retiring, i);
+            if (!rest) return -1;
+            PyDict_Clear(rest);
+        }
+        PyObject *fresh = fresh_generation(n);
         if (!fresh) return -1;
-        /* self._retiring = self.old; self.old = self.new; self.new = {} */
+        /* self._retiring = self.old; self._retiring_at = 0; self.old = self.new;
+         * self.new = _shards(); self._size = 0 */
         if (set(g->obj, F_RETIRING, g->old) < 0 || set(g->obj, F_OLD, g->new) < 0 ||
             set(g->obj, F_NEW, fresh) < 0) {
             Py_DECREF(fresh);
@@ -1460,6 +1566,8 @@ static int gens_put(Gens *g, PyObject *key, Py_hash_t hash, PyObject *value) {
         Py_SETREF(g->retiring, g->old);
         g->old = g->new;
         g->new = fresh;
+        g->retiring_at = 0;
+        g->size = 0;
     }
     return 0;
 }
@@ -1522,11 +1630,14 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
         /* entry = prefixes.get(h); whether h is in new answers `h not in new` below */
         Py_hash_t hash = PyObject_Hash(h); /* an exact int's: cannot fail */
         int in_new = 1;
-        PyObject *got = DICT_GET(g.new, h, hash);
+        Py_ssize_t at = shard_index(g.new, hash);
+        PyObject *in_new_shard = shard_of(g.new, at), *in_old_shard = in_new_shard ? shard_of(g.old, at) : NULL;
+        if (!in_old_shard) goto error;
+        PyObject *got = DICT_GET(in_new_shard, h, hash);
         if (!got) {
             if (PyErr_Occurred()) goto error;
             in_new = 0;
-            got = DICT_GET(g.old, h, hash);
+            got = DICT_GET(in_old_shard, h, hash);
             if (!got && PyErr_Occurred()) goto error;
         }
         u128 holders, held = 0;
@@ -1603,8 +1714,8 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
 error:
     r = -1;
 done:
-    gens_clear(&g);
-    gens_clear(&sg);
+    if (gens_done(&g) < 0) r = -1;
+    if (gens_done(&sg) < 0) r = -1;
     Py_XDECREF(prefixes);
     Py_XDECREF(sessions);
     Py_XDECREF(ids);
