@@ -43,7 +43,7 @@ V = TypeVar("V")
 SHARDS = 64
 # A key's shard: the top bits of hash(key) x 2**64 / phi (mod 2**64), as router/_choice.c
 # computes it. Not hash(key)'s low bits: a dict starts its probe at those, and a shard
-# whose keys all share them collided in its dict (+9% dict lookup instructions).
+# whose keys all shared them collided in its dict (+12% instructions in dict lookups).
 _GOLDEN = 0x9E3779B97F4A7C15
 _LOW_64 = (1 << 64) - 1
 _SHARD_SHIFT = 64 - (SHARDS.bit_length() - 1)
