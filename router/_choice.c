@@ -704,6 +704,12 @@ static inline int is_generation(PyObject *shards) {
     return n > 0 && (n & (n - 1)) == 0;
 }
 
+/* Two generations of one _TwoGenerations: both of that shape, with the same shard count
+ * (a key is in shard shard_index of either). */
+static inline int generations_match(PyObject *a, PyObject *b) {
+    return is_generation(a) && is_generation(b) && PyTuple_GET_SIZE(a) == PyTuple_GET_SIZE(b);
+}
+
 /* The shard of a key of this hash, as router.placement._shard picks it: the top bits of
  * hash x 2**64 / phi (mod 2**64), log2(count) of them. */
 static inline Py_ssize_t shard_index(PyObject *shards, Py_hash_t hash) {
@@ -797,8 +803,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         if (!(sessions = get(memory, F_SESSIONS)) || !(snew = get(sessions, F_NEW)) ||
             !(sold = get(sessions, F_OLD)))
             goto error;
-        if (!is_generation(snew) || !is_generation(sold) || PyTuple_GET_SIZE(snew) != PyTuple_GET_SIZE(sold))
-            goto done;
+        if (!generations_match(snew, sold)) goto done;
         PyObject *sticky = NULL;
         int there = placed(snew, sold, session_obj, &sticky);
         if (there < 0) goto error;
@@ -818,7 +823,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     if (!(prefixes = get(memory, F_PREFIXES)) || !(new = get(prefixes, F_NEW)) ||
         !(old = get(prefixes, F_OLD)))
         goto error;
-    if (!is_generation(new) || !is_generation(old) || PyTuple_GET_SIZE(new) != PyTuple_GET_SIZE(old)) goto done;
+    if (!generations_match(new, old)) goto done;
     PyObject *const *h = &PyTuple_GET_ITEM(hashes, 0);
     /* The answer lies in [low, high]: depth low is placed (0: trivially), none past high
      * is; the hint's probes narrow it first, right or wrong. depth d is hashes[d - 1]. */
@@ -1502,10 +1507,8 @@ static int gens_read(PyObject *obj, Gens *g) {
     }
     /* Three generations of one shard count. Their shards are checked as they are used
      * (shard_of): reading every one's type here, 192 cold lines, cost a claim ~2 us. */
-    Py_ssize_t n = is_generation(g->new) ? PyTuple_GET_SIZE(g->new) : 0;
-    int plain = n && capacity >= 0 && size >= 0 && at >= 0 && at <= n && is_generation(g->old) &&
-                is_generation(g->retiring) && PyTuple_GET_SIZE(g->old) == n && PyTuple_GET_SIZE(g->retiring) == n;
-    if (!plain) {
+    if (!generations_match(g->new, g->old) || !generations_match(g->new, g->retiring) || capacity < 0 ||
+        size < 0 || at < 0 || at > PyTuple_GET_SIZE(g->new)) {
         gens_clear(g);
         return FALLBACK;
     }
