@@ -42,6 +42,13 @@ Cold caches: the dev prompts and 8 KB prompts again with the CPU caches emptied 
 each request's decode (an 8 MiB buffer walked between requests, outside the timing), as a
 live router meets its code and tables when other work runs between its requests.
 
+Turned-over placement memory: the rows above start from an empty placement memory. A
+router's fills: each generation holds up to half its capacity, and from its second turn
+over on, every insert also frees two entries of the retired generation (half the time in
+a steady state). The dev prompts and ~8k-token prompts again at 64 replicas, each model's
+memory first given synthetic claims until it has turned over twice and freed a quarter of
+its retired generation (turn_over).
+
 The C twin (router/_scan.c) against the Python code it mirrors: the context stage again,
 in a child process started with SLM_PURE_PYTHON=1, and (with --instructions) the
 instruction counts both ways.
@@ -73,6 +80,7 @@ import xxhash
 
 from bench.results import machine, percentile, write_section
 from router.context import PREFIX_BLOCK_CHARS, PrefixMemory, estimate_tokens
+from router.placement import DEFAULT_CAPACITY, PlacementMemory, record
 from router.policy import Policy
 from router.registry import ReplicaTable
 from router.rules import load_rules
@@ -259,12 +267,31 @@ def fixed_work() -> int:
     return total
 
 
+# Synthetic claims that turn a placement memory over: distinct prefixes (16 a claim, as an
+# ~8k-token prompt has) until the newer generation has filled twice (the first turn over
+# retires an empty generation) and a quarter of the retired one is freed, two entries an
+# insert: the middle of the half of a steady state in which claims free entries.
+TURN_OVER_KEYS = 2 * (DEFAULT_CAPACITY // 2) + DEFAULT_CAPACITY // 8
+
+
+def turn_over(memory: PlacementMemory, replicas: list[str], rng: random.Random) -> None:
+    bits = rng.getrandbits
+    for at in range(0, TURN_OVER_KEYS, 16):
+        record(memory, replicas[at // 16 % len(replicas)], [bits(63) for _ in range(16)], 0)
+
+
 def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False,
-                warmup: list[ChatRequest] = WARMUP_REQUESTS) -> dict[str, list[float]]:
+                warmup: list[ChatRequest] = WARMUP_REQUESTS, turned_over: bool = False) -> dict[str, list[float]]:
     """Each request is decoded from its wire bytes right before its decision (untimed), as
     the router decodes a message right before deciding it: the prompt's memory is as warm
-    (or, long ones cycling through a bench's megabytes, as cold) as it is in a router."""
+    (or, long ones cycling through a bench's megabytes, as cold) as it is in a router.
+    With ``turned_over``, each model's placement memory is turned over first (turn_over)."""
     policy, table = new_policy(), replica_table(replicas)
+    if turned_over:
+        names = [f"r{i}" for i in range(replicas)]
+        for model in MODELS:
+            turn_over(table.fleet(model).placements, names, random.Random(model))
+        gc.collect()  # the collections the fill's allocations are due, before the timing
     choose_replicas, claim, after = replica_stage(policy, table)
     # Encoded before the warm-up: encoding a pass's requests writes up to ~50 MB, which
     # would leave the first timed request to meet every table and all the code cold (the
@@ -549,6 +576,7 @@ def main() -> None:
     summary = []
     native_context: dict[str, list[float]] = {}
     warm_total: dict[str, list[float]] = {}
+    fresh_claim: dict[str, list[float]] = {}
     for name, requests in workloads:
         chars = sum(len(m.text()) for r in requests for m in r.messages) / len(requests)
         tokens = sum(estimate_tokens("".join(m.text() for m in r.messages)) for r in requests) / len(requests)
@@ -571,6 +599,7 @@ def main() -> None:
                 native_context[name] = stages["context"]
             if replicas == 64:
                 warm_total[name] = stages["total"]
+                fresh_claim[name] = stages["claim"]
     lines += ["", "### Cold caches", "",
               "The same decisions with the CPU caches emptied before each request's decode (an 8 MiB "
               "buffer walked between requests, outside the timing), as a live router meets its code and "
@@ -585,6 +614,28 @@ def main() -> None:
             f"| {name} | {p(cold['context'], 50)} / {p(cold['context'], 99)} | "
             f"{p(cold['model'], 50)} / {p(cold['model'], 99)} | {p(cold['replica'], 50)} / {p(cold['replica'], 99)} | "
             f"**{p(cold['total'], 50)} / {p(cold['total'], 99)}** | {p(warm, 50)} / {p(warm, 99)} |")
+    lines += ["", "### Placement claim once the placement memory has turned over", "",
+              "The rows above start from an empty placement memory. A router's fills: each of its two "
+              f"generations holds up to {DEFAULT_CAPACITY // 2:,} prefixes, and from the second turn over "
+              "on every insert also frees two entries of the retired generation (half the time in a "
+              f"steady state). Here each model's memory was first given {TURN_OVER_KEYS:,} synthetic "
+              "prefixes (16 a claim): turned over twice, a quarter of the retired generation freed. "
+              "64 replicas per model.", "",
+              "| prompts | replica p50 / p99 | whole decision p50 / p99 | **placement claim p50 / p99** | "
+              "decision + claim p50 / p99 | empty memory (above): whole decision, claim p50 / p99 |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for name, requests in workloads:
+        if name not in ("dev prompts", "~8k tokens"):
+            continue
+        aged = median_of_passes(functools.partial(time_stages, requests, 64, warmup=warmup, turned_over=True),
+                                PASSES)
+        fresh, fresh_total = fresh_claim[name], warm_total[name]
+        lines.append(
+            f"| {name} | {p(aged['replica'], 50)} / {p(aged['replica'], 99)} | "
+            f"{p(aged['total'], 50)} / {p(aged['total'], 99)} | "
+            f"**{p(aged['claim'], 50)} / {p(aged['claim'], 99)}** | "
+            f"{p(aged['with_claim'], 50)} / {p(aged['with_claim'], 99)} | "
+            f"{p(fresh_total, 50)} / {p(fresh_total, 99)}; {p(fresh, 50)} / {p(fresh, 99)} |")
     lines += ["", "### The C twin against the Python code", "",
               "Context stage (4 replicas per model), this run against a child process of the same run "
               "with SLM_PURE_PYTHON=1 (router/_scan.c switched off: the same contexts, tests/test_scan.py "
