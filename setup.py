@@ -10,6 +10,7 @@ from setuptools import Extension, setup
 setup(ext_modules=[Extension("router._scan", ["router/_scan.c"], optional=True,
                              extra_compile_args=["-O3", "-ffp-contract=off"]),
                    Extension("router._choice", ["router/_choice.c"], optional=True,
+                             depends=["router/_prefix_map.h"],
                              extra_compile_args=["-O3", "-ffp-contract=off"]),
                    Extension("router._prefix", ["router/_prefix.c"], optional=True,
                              extra_compile_args=["-O3"])])

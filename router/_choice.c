@@ -10,7 +10,7 @@
  *       router/placement.py's PlacementMemory.find.
  *   record(memory, replica, prefix_hashes, session_hash=0) -> None
  *       router/placement.py's PlacementMemory.record (the claim before each publish): the
- *       same reads and writes of the same dicts; router.placement.record is this.
+ *       same reads and writes of the same map; router.placement.record is this.
  *   configure_record(memory_type, generations_type, id_bits)
  *       called once by router/placement.py: the types record mirrors (others: the method).
  *   configure(reference, find_reference, default_settings, spill, block_tokens, id_bits,
@@ -24,6 +24,9 @@
  *   LoadOrder
  *       router.registry.Fleet's load order (router/order.py): its usable, unsaturated
  *       loads in an indexed heap by (weight, name); Fleet.least_loaded is its top.
+ *   PrefixMap
+ *       the placement memory's prefix map in flat arrays (router/_prefix_map.h), which
+ *       find and record read and write directly; the dict generations otherwise.
  *   fallback_count(), fast_fields()
  *       for tests: calls handed to the Python so far; which attributes are read at offsets.
  *
@@ -46,6 +49,8 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_prefix_map.h"
 
 #define FALLBACK 2             /* a helper's answer: "let the Python reference do it" (not 1: true) */
 #define MAX_HOLDERS 16         /* fanout this twin handles (router.placement uses 4) */
@@ -746,6 +751,39 @@ static inline int placed(PyObject *new, PyObject *old, PyObject *h, PyObject **e
     return 1;
 }
 
+/* Where find's probes look: a PrefixMap (the C placement memory), or a _TwoGenerations'
+ * newer and older generations of dicts. A probe's hit: the dict value (borrowed), or the
+ * map's slot. */
+typedef struct {
+    const PrefixMap *map;
+    PyObject *new, *old;
+} Probe;
+
+typedef struct {
+    PyObject *obj;
+    const MapSlot *slot;
+} Hit;
+
+/* `h in prefixes`, the value when it is: 1 (*hit set), 0, -1 on error, FALLBACK. */
+static inline int probe(const Probe *p, PyObject *h, Hit *hit) {
+    if (p->map) {
+        uint64_t key1;
+        /* not a key the map can hold: PrefixMap.__contains__'s False */
+        const MapSlot *s = map_key(h, &key1) ? map_get(p->map, key1) : NULL;
+        if (!s) return 0;
+        hit->slot = s;
+        hit->obj = NULL;
+        return 1;
+    }
+    PyObject *obj = NULL;
+    int r = placed(p->new, p->old, h, &obj);
+    if (r == 1) {
+        hit->obj = obj;
+        hit->slot = NULL;
+    }
+    return r;
+}
+
 /* The bits of a non-negative int, as little-endian 64-bit words: 0, FALLBACK (negative,
  * or wider than the words), -1 on error. */
 static int int_words(PyObject *v, uint64_t *words, int count) {
@@ -820,22 +858,42 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     long long hint;
     if ((r = as_int(hint_obj, &hint))) goto done;
     r = FALLBACK;
-    if (!(prefixes = get(memory, F_PREFIXES)) || !(new = get(prefixes, F_NEW)) ||
-        !(old = get(prefixes, F_OLD)))
-        goto error;
-    if (!generations_match(new, old)) goto done;
+    if (!(prefixes = get(memory, F_PREFIXES))) goto error;
+    Probe p = {NULL, NULL, NULL};
+    if (Py_TYPE(prefixes) == &PrefixMapType) {
+        p.map = (const PrefixMap *)prefixes;
+        if (!p.map->newer.slots) goto done; /* not initialised: the Python method raises */
+        /* The lines the first probes read (see the search below), asked of memory together:
+         * the hint's two, else the first block's and the whole prompt's. */
+        PyObject *const *first = &PyTuple_GET_ITEM(hashes, 0);
+        Py_ssize_t ask[3] = {0, size - 1, -1};
+        if (0 < hint && hint <= size) {
+            ask[0] = (Py_ssize_t)hint - 1;
+            ask[1] = hint < size ? (Py_ssize_t)hint : -1;
+            ask[2] = size - 1;
+        }
+        for (int k = 0; k < 3; k++) {
+            uint64_t key1;
+            if (ask[k] >= 0 && map_key(first[ask[k]], &key1)) map_prefetch(p.map, key1);
+        }
+    } else {
+        if (!(new = get(prefixes, F_NEW)) || !(old = get(prefixes, F_OLD))) goto error;
+        if (!generations_match(new, old)) goto done;
+        p.new = new;
+        p.old = old;
+    }
     PyObject *const *h = &PyTuple_GET_ITEM(hashes, 0);
     /* The answer lies in [low, high]: depth low is placed (0: trivially), none past high
      * is; the hint's probes narrow it first, right or wrong. depth d is hashes[d - 1]. */
     Py_ssize_t low = 0, high = size;
     int there;
-    PyObject *entry = NULL, *probed = NULL; /* the value at depth low; at the last probe */
+    Hit entry = {NULL, NULL}, probed = {NULL, NULL}; /* the value at depth low; at the last probe */
     if (0 < hint && hint <= size) {
-        if ((there = placed(new, old, h[hint - 1], &entry)) < 0) goto error;
+        if ((there = probe(&p, h[hint - 1], &entry)) < 0) goto error;
         if (there == FALLBACK) goto done;
         if (there) {
             low = (Py_ssize_t)hint;
-            there = hint < size ? placed(new, old, h[hint], &probed) : 0;
+            there = hint < size ? probe(&p, h[hint], &probed) : 0;
             if (there < 0) goto error;
             if (there == FALLBACK) goto done;
             if (there) {
@@ -849,7 +907,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         }
     }
     if (!low && high == size) { /* no hint: the first block first, so a new prompt is one probe */
-        if ((there = placed(new, old, h[0], &entry)) < 0) goto error;
+        if ((there = probe(&p, h[0], &entry)) < 0) goto error;
         if (there == FALLBACK) goto done;
         if (!there) {
             r = 0;
@@ -858,7 +916,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         low = 1;
     }
     if (high == size && low < size) { /* the whole prompt placed before */
-        if ((there = placed(new, old, h[size - 1], &probed)) < 0) goto error;
+        if ((there = probe(&p, h[size - 1], &probed)) < 0) goto error;
         if (there == FALLBACK) goto done;
         if (there) {
             low = size;
@@ -868,7 +926,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         }
     }
     if (!low && high) {
-        if ((there = placed(new, old, h[0], &entry)) < 0) goto error;
+        if ((there = probe(&p, h[0], &entry)) < 0) goto error;
         if (there == FALLBACK) goto done;
         if (!there) { /* not even the first block: not placed */
             r = 0;
@@ -878,7 +936,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     }
     while (low < high) {
         Py_ssize_t mid = (low + high + 1) / 2;
-        if ((there = placed(new, old, h[mid - 1], &probed)) < 0) goto error;
+        if ((there = probe(&p, h[mid - 1], &probed)) < 0) goto error;
         if (there == FALLBACK) goto done;
         if (there) {
             low = mid;
@@ -893,7 +951,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         goto done;
     }
     /* entry: the value at depth matched, read by the probe that found it placed. */
-    if (!entry) goto done; /* cannot happen: every step that raises low found an entry */
+    if (!entry.obj && !entry.slot) goto done; /* cannot happen: every step that raises low found an entry */
     long long shift, full_shift;
     if ((r = get_int(memory, F_SHARED_SHIFT, &shift)) || (r = get_int(memory, F_FULL_SHIFT, &full_shift)))
         goto done;
@@ -901,12 +959,17 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     if (shift < 1 || full_shift < 0 || shift + 64 > ENTRY_WORDS * 64 || id_bits < 1 ||
         shift > (long long)id_bits * MAX_HOLDERS)
         goto done;
-    uint64_t words[ENTRY_WORDS];
+    uint64_t words[ENTRY_WORDS] = {0};
     int words_used = (int)((shift + 64 + 63) / 64);
-    Py_INCREF(entry);
-    r = int_words(entry, words, words_used);
-    Py_DECREF(entry);
-    if (r) goto done;
+    if (entry.slot) { /* a map's value: below 2**128, the words above are 0 */
+        words[0] = entry.slot->lo;
+        words[1] = entry.slot->hi;
+    } else {
+        Py_INCREF(entry.obj);
+        r = int_words(entry.obj, words, words_used);
+        Py_DECREF(entry.obj);
+        if (r) goto done;
+    }
     r = FALLBACK;
     /* entry = holders | shared << shift; holders are ids of id_bits, most recent lowest,
      * and the field at full_shift is set when the list is full (spread fleet-wide). */
@@ -1390,10 +1453,11 @@ done:
 /* ---- the claim's update (PlacementMemory.record) --------------------------------------- */
 
 /* router/placement.py's PlacementMemory.record, for a memory of the exact types
- * configure_record named: the same dict reads and writes in the same order, so the two
- * memories (generations, their insertion order, the retiring one's popitems, the ids) end
- * up identical. An entry is an int of at most 128 bits here (fanout x id_bits holder bits
- * below the spread count); tests/test_record_twin.py compares the two after every step. */
+ * configure_record named: the same reads and writes in the same order, so the two
+ * memories end up identical (a PrefixMap's generations; the dict generations, their
+ * insertion order and the retiring one's popitems; the ids). An entry is an int of at
+ * most 128 bits here (fanout x id_bits holder bits below the spread count);
+ * tests/test_record_twin.py compares the two after every step. */
 
 typedef unsigned __int128 u128;
 
@@ -1575,6 +1639,52 @@ static int gens_put(Gens *g, PyObject *key, Py_hash_t hash, PyObject *value) {
     return 0;
 }
 
+/* The holder list after `rid` served the prefix: this replica first, then the others in
+ * their order, at most fanout (PlacementMemory.record's loop). */
+static inline u128 holders_after(u128 holders, u128 rid, u128 id_mask, int bits, long long fanout) {
+    if ((holders & id_mask) == rid) return holders;
+    u128 rest = holders, out = rid;
+    int at = bits;
+    long long count = 1;
+    while (rest && count < fanout) {
+        u128 other = rest & id_mask;
+        if (other != rid) {
+            out |= other << at;
+            at += bits;
+            count++;
+        }
+        rest >>= bits;
+    }
+    return out;
+}
+
+/* One prefix of record_core into a PrefixMap: its entry read from the newer generation or
+ * the older, the new one written when it differs or is only in the older (the Python
+ * method's `entry != value or not in_newer(h)`). h is a key the map holds (checked). */
+static int record_in_map(PrefixMap *map, PyObject *h, u128 rid, u128 id_mask, u128 holder_mask, int bits,
+                         long long fanout, long long full_shift, long long shift, Py_ssize_t *shared,
+                         int *spreading) {
+    uint64_t key1 = 0;
+    if (!map_key(h, &key1)) { /* cannot happen: record_core checked every key */
+        PyErr_SetString(PyExc_SystemError, "record: a prefix hash the map cannot hold");
+        return -1;
+    }
+    const MapSlot *s = map_find(&map->newer, key1);
+    int in_new = s != NULL;
+    if (!s && map->older_size) s = map_find(&map->older, key1);
+    u128 held = s ? (u128)s->hi << 64 | s->lo : 0;
+    u128 holders = s ? holders_after(held & holder_mask, rid, id_mask, bits, fanout) : rid;
+    if (*spreading) {
+        if (holders >> full_shift)
+            (*shared)++;
+        else
+            *spreading = 0;
+    }
+    u128 value = holders | (u128)*shared << shift;
+    if (!s || held != value || !in_new) map_put(map, key1, (uint64_t)value, (uint64_t)(value >> 64));
+    return 0;
+}
+
 /* PlacementMemory.record: 0, FALLBACK (nothing changed yet), or -1 on error. */
 static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, PyObject *session) {
     Gens g = {0}, sg = {0};
@@ -1601,7 +1711,20 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
     int has_session = PyObject_IsTrue(session); /* an exact int: no code runs */
     r = FALLBACK;
     if (!(prefixes = get(memory, F_PREFIXES))) goto error;
-    if ((PyObject *)Py_TYPE(prefixes) != generations_type) goto done;
+    PrefixMap *map = Py_TYPE(prefixes) == &PrefixMapType ? (PrefixMap *)prefixes : NULL;
+    if (!map && (PyObject *)Py_TYPE(prefixes) != generations_type) goto done;
+    if (map) {
+        /* A key the map refuses (the Python method's put raises), or a map not initialised:
+         * the Python method's, before any change. Each key's lines are asked of memory as
+         * it is read: a request's hashes are unrelated, so their cache misses overlap
+         * instead of queueing one after another in the loop below. */
+        if (!map->newer.slots) goto done;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t key1;
+            if (!map_key(PySequence_Fast_ITEMS(hashes)[i], &key1)) goto done;
+            map_prefetch(map, key1);
+        }
+    }
     if (has_session) {
         if (!(sessions = get(memory, F_SESSIONS))) goto error;
         if ((r = gens_read(sessions, &sg))) goto done;
@@ -1624,12 +1747,18 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
     const u128 id_mask = ((u128)1 << bits) - 1;
     if (rid < 1 || (u128)rid > id_mask) goto done;
     /* Read after _id: a reset replaces the generations' dicts. */
-    if ((r = gens_read(prefixes, &g))) goto done;
+    if (!map && (r = gens_read(prefixes, &g))) goto done;
     const u128 holder_mask = ((u128)1 << shift) - 1;
     Py_ssize_t shared = 0;
     int spreading = 1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *h = PySequence_Fast_ITEMS(hashes)[i];
+        if (map) {
+            if (record_in_map(map, h, (u128)rid, id_mask, holder_mask, bits, fanout, full_shift, shift,
+                              &shared, &spreading) < 0)
+                goto error;
+            continue;
+        }
         /* entry = prefixes.get(h); whether h is in new answers `h not in new` below */
         Py_hash_t hash = PyObject_Hash(h); /* an exact int's: cannot fail */
         int in_new = 1;
@@ -1669,22 +1798,7 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
                     goto error;
                 }
             }
-            if ((holders & id_mask) != (u128)rid) {
-                /* This replica first, then the others in their order, at most fanout. */
-                u128 rest = holders;
-                holders = (u128)rid;
-                int at = bits;
-                long long count = 1;
-                while (rest && count < fanout) {
-                    u128 other = rest & id_mask;
-                    if (other != (u128)rid) {
-                        holders |= other << at;
-                        at += bits;
-                        count++;
-                    }
-                    rest >>= bits;
-                }
-            }
+            holders = holders_after(holders, (u128)rid, id_mask, bits, fanout);
         }
         if (spreading) {
             if (holders >> full_shift)
@@ -1929,7 +2043,8 @@ PyMODINIT_FUNC PyInit__choice(void) {
         !(popitem_str = PyUnicode_InternFromString("popitem")) ||
         !(record_str = PyUnicode_InternFromString("record")) || !(id_str = PyUnicode_InternFromString("_id")))
         return NULL;
-    if (PyType_Ready(&LoadCellType) < 0 || PyType_Ready(&LoadOrderType) < 0) return NULL;
+    if (PyType_Ready(&LoadCellType) < 0 || PyType_Ready(&LoadOrderType) < 0 || PyType_Ready(&PrefixMapType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&LoadCellType);
@@ -1941,6 +2056,10 @@ PyMODINIT_FUNC PyInit__choice(void) {
     Py_INCREF(&LoadOrderType);
     if (PyModule_AddObject(m, "LoadOrder", (PyObject *)&LoadOrderType) < 0) {
         Py_DECREF(&LoadOrderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "PrefixMap", (PyObject *)&PrefixMapType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

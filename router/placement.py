@@ -10,16 +10,18 @@ A prefix remembers its most recent ``fanout`` holders. A prefix with a full list
 holders has spread over the fleet (a shared system prompt, or the first block every
 Mooncake request shares): replica choice then treats it as held everywhere.
 
-Pure and bounded: plain dicts in two generations, each split over 64 dicts (when the
-newer one fills, the older one is forgotten whole, and freed a little at each later
-insert), so the memory answers for between ``capacity / 2`` and ``capacity`` hashes and
-every operation is O(1) per hash, no single one paying for a large dict's doubling.
+Pure and bounded: two generations (when the newer one fills, the older one is forgotten
+whole), so the memory answers for between ``capacity / 2`` and ``capacity`` hashes and
+every operation is O(1) per hash. The prefix map is router._choice.PrefixMap where that
+module is built (flat arrays allocated once: router/_prefix_map.h says why), else
+_TwoGenerations, plain dicts each split over 64 and freed a little at each later insert,
+no single operation paying for a large dict's doubling or freeing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from router.context import PURE_PYTHON
 
@@ -39,7 +41,8 @@ V = TypeVar("V")
 # copy 1/64 of that: 45k claims of 16 hashes stopped for at most 0.4-0.7 ms, not 20-32
 # (the shards double at about the same time, so p99.9 went from ~50 to ~200 us). The cost:
 # a claim meets more dicts cold, ~1.5-4 us more at p50 in bench/decision.py's fresh state.
-# The placement memory's C twin (flat arrays allocated once) would have neither.
+# The C map (PrefixMap below), the prefix map wherever router._choice is built, has
+# neither; the dicts remain for sessions, for fanouts past 4 and in pure Python.
 SHARDS = 64
 # A key's shard: the top bits of hash(key) x 2**64 / phi (mod 2**64), as router/_choice.c
 # computes it. Not hash(key)'s low bits: a dict starts its probe at those, and a shard
@@ -111,12 +114,43 @@ class _TwoGenerations(Generic[V]):
         self.new, self.old, self._retiring = _shards(), _shards(), _shards()
         self._size = self._retiring_at = 0
 
+    def in_newer(self, key: int) -> bool:
+        return key in self.new[_shard(key)]
+
     def __contains__(self, key: int) -> bool:
         shard = _shard(key)
         return key in self.new[shard] or key in self.old[shard]
 
     def __len__(self) -> int:
         return self._size + sum(map(len, self.old))
+
+
+class PrefixStore(Protocol):
+    """What PlacementMemory asks of its prefix map: _TwoGenerations[int], or the C map."""
+
+    def get(self, key: int) -> int | None: ...
+    def put(self, key: int, value: int) -> None: ...
+    def in_newer(self, key: int) -> bool: ...
+    def clear(self) -> None: ...
+    def __contains__(self, key: int) -> bool: ...
+    def __len__(self) -> int: ...
+
+
+# The C prefix map (router._choice.PrefixMap, router/_prefix_map.h): the same answers as
+# _TwoGenerations[int] for keys in [0, 2**63) (prefix hashes; it refuses other keys) and
+# values below 2**128. Used when a prefix's holder list takes at most MAP_HOLDER_BITS
+# (fanout 4: 80), so the spread count above it has 32 bits or more: a prompt of 2**32
+# blocks would not fit, and none comes near.
+MAP_HOLDER_BITS = 96
+_PrefixMap: Callable[[int], PrefixStore] | None
+try:
+    if PURE_PYTHON:
+        raise ImportError("SLM_PURE_PYTHON=1")
+    from router._choice import PrefixMap as _NativePrefixMap
+except ImportError:  # no C compiler at install time, or SLM_PURE_PYTHON=1
+    _PrefixMap = None
+else:
+    _PrefixMap = _NativePrefixMap
 
 
 # A prefix's entry is one int, not a tuple: ints are not tracked by Python's garbage
@@ -139,7 +173,9 @@ class PlacementMemory:
                  "_sessions", "_shared_shift")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, fanout: int = DEFAULT_FANOUT) -> None:
-        self._prefixes: _TwoGenerations[int] = _TwoGenerations(capacity)
+        self._prefixes: PrefixStore = (
+            _PrefixMap(capacity) if _PrefixMap is not None and fanout * ID_BITS <= MAP_HOLDER_BITS
+            else _TwoGenerations(capacity))
         self._sessions: _TwoGenerations[str] = _TwoGenerations(max(capacity // 8, 2))
         self._fanout = fanout
         self._shared_shift = ID_BITS * fanout
@@ -225,19 +261,16 @@ class PlacementMemory:
         if not hashes:
             return 0, 0, (), sticky
         prefixes = self._prefixes
-        new = prefixes.new
-        old = prefixes.old
-        mix, low64, to_shard = _GOLDEN, _LOW_64, _SHARD_SHIFT  # _shard(h) inline
+        placed = prefixes.__contains__
         size = len(hashes)
         # The answer lies in [low, high]: depth ``low`` is placed (0: trivially), none past
         # ``high`` is. The hint's probes narrow it first, right or wrong.
         low = 0
         high = size
         if 0 < hint <= size:
-            h = hashes[hint - 1]
-            if h in new[(at := ((hash(h) * mix) & low64) >> to_shard)] or h in old[at]:
+            if placed(hashes[hint - 1]):
                 low = hint
-                if hint < size and ((h := hashes[hint]) in new[(at := ((hash(h) * mix) & low64) >> to_shard)] or h in old[at]):
+                if hint < size and placed(hashes[hint]):
                     low = hint + 1
                 else:
                     high = hint
@@ -247,36 +280,29 @@ class PlacementMemory:
             # No hint (this router has not seen the prompt): the first block first, so a new
             # prompt is one probe (two dict misses). With the whole-prompt probe below first,
             # a new prompt took two (four misses, cold in a live router's choice).
-            h = hashes[0]
-            if not (h in new[(at := ((hash(h) * mix) & low64) >> to_shard)] or h in old[at]):
+            if not placed(hashes[0]):
                 return 0, 0, (), sticky
             low = 1
         if high == size and low < size:  # the whole prompt placed before (a retry, a regenerate)
-            h = hashes[size - 1]
-            if h in new[(at := ((hash(h) * mix) & low64) >> to_shard)] or h in old[at]:
+            if placed(hashes[size - 1]):
                 low = size
             else:
                 high = size - 1
         if not low and high:
-            h = hashes[0]
-            if not (h in new[(at := ((hash(h) * mix) & low64) >> to_shard)] or h in old[at]):
+            if not placed(hashes[0]):
                 return 0, 0, (), sticky  # not even the first block: not placed
             low = 1
         while low < high:
             mid = (low + high + 1) // 2
-            h = hashes[mid - 1]
-            if h in new[(at := ((hash(h) * mix) & low64) >> to_shard)] or h in old[at]:
+            if placed(hashes[mid - 1]):
                 low = mid
             else:
                 high = mid - 1
         matched = low
         if not matched:
             return 0, 0, (), sticky
-        key = hashes[matched - 1]
-        at = ((hash(key) * mix) & low64) >> to_shard
-        entry = new[at].get(key)
-        if entry is None:
-            entry = old[at][key]
+        entry = prefixes.get(hashes[matched - 1])
+        assert entry is not None  # the search's probe found it placed
         shift = self._shared_shift
         shared = entry >> shift
         packed = entry & ((1 << shift) - 1)
@@ -287,7 +313,6 @@ class PlacementMemory:
     # ---- updates (after a publish, or a record from another router) -----------------------
     def record(self, replica: str, prefix_hashes: Sequence[int], session_hash: int = 0) -> None:
         prefixes = self._prefixes
-        new = prefixes.new
         fanout = self._fanout
         shift = self._shared_shift
         holder_mask = (1 << shift) - 1
@@ -320,9 +345,8 @@ class PlacementMemory:
                 else:
                     spreading = False
             value = holders | shared << shift
-            if entry != value or h not in new[_shard(h)]:
+            if entry != value or not prefixes.in_newer(h):
                 prefixes.put(h, value)
-                new = prefixes.new  # a put may have started a new generation
         if session_hash:
             self._sessions.put(session_hash, replica)
 

@@ -54,6 +54,8 @@ NAMES = ["r0", "r1", "r2", "", "général-7", "0", "r0 ", "x" * 300, "\x00", "ge
 
 def state(memory: PlacementMemory) -> tuple:
     def gens(g):
+        if isinstance(g, _choice.PrefixMap):  # the C map: what each generation holds
+            return g.generations(), len(g)
         def shards(generation):  # each shard's entries in its insertion order
             return [list(shard.items()) for shard in generation]
         return (shards(g.new), shards(g.old), shards(g._retiring), g._size, g._retiring_at, g._capacity)
@@ -87,22 +89,44 @@ records = st.tuples(st.sampled_from(NAMES), prompts,
                     st.sampled_from([0, 0, 1, 2, 3, 2**63 - 1, 2**70]), st.booleans())
 
 
-@settings(max_examples=120, deadline=None)
+def outcome(call, *args) -> str | None:
+    """The exception a call raised (its type and message), or None."""
+    try:
+        call(*args)
+    except (TypeError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def is_key(h) -> bool:
+    """A key the C prefix map holds: an int in [0, 2**63), as a prefix hash is."""
+    return isinstance(h, int) and 0 <= h < 2**63
+
+
+@settings(max_examples=160, deadline=None)
 @given(capacity=st.integers(1, 40), fanout=st.integers(1, 6),
        steps=st.lists(records, min_size=1, max_size=40))
 def test_the_c_record_leaves_the_memory_the_python_record_leaves(capacity, fanout, steps):
+    """Fanout 4 or less: a PrefixMap of prefixes, which refuses keys outside 63 bits (the
+    twin hands such a call to the Python method, before any change, and both raise the
+    same); more: the dict generations, which take any int."""
     reference = PlacementMemory(capacity, fanout)
     twin = PlacementMemory(capacity, fanout)
-    before = _choice.fallback_count()
+    flat = isinstance(twin._prefixes, _choice.PrefixMap)
+    assert flat == (fanout <= 4)
+    before, handed_over = _choice.fallback_count(), 0
     for replica, hashes, session, as_list in steps:
         given_hashes = list(hashes) if as_list else hashes
-        PlacementMemory.record(reference, replica, given_hashes, session)
-        _choice.record(twin, replica, given_hashes, session)
+        refused = flat and not all(map(is_key, hashes))
+        handed_over += refused
+        expected = outcome(PlacementMemory.record, reference, replica, given_hashes, session)
+        assert outcome(_choice.record, twin, replica, given_hashes, session) == expected
+        assert (expected is not None) == refused
         assert state(twin) == state(reference)
         probe = hashes[: len(hashes) // 2 + 1] if hashes else ()
         for hint in (0, len(probe)):
             assert _choice.find(twin, probe, hint, session) == reference.find(probe, hint, session)
-    assert _choice.fallback_count() == before  # the twin made every change itself
+    assert _choice.fallback_count() == before + handed_over  # the twin made every other change itself
 
 
 def test_the_router_calls_the_twin():
@@ -228,12 +252,13 @@ def test_the_reset_after_a_million_replica_names_is_the_same():
 
 
 def test_no_dict_of_a_generation_holds_more_than_a_share_of_it():
-    """A generation is SHARDS dicts picked by a key's hash, so a dict's doubling copies a
-    1/SHARDS share of the generation (one dict of up to 512k entries took 29 ms to double
-    at 350k), and len() still counts every remembered hash; both ways of recording."""
+    """A dict generation (fanout past 4 here, every fanout in pure Python) is SHARDS dicts
+    picked by a key's hash, so a dict's doubling copies a 1/SHARDS share of the generation
+    (one dict of up to 512k entries took 29 ms to double at 350k), and len() still counts
+    every remembered hash; both ways of recording."""
     capacity = 1 << 14
     for record in (PlacementMemory.record, _choice.record):
-        memory = PlacementMemory(capacity, 4)
+        memory = PlacementMemory(capacity, 5)
         rng = random.Random(3)
         for i in range(3000):
             record(memory, f"r{i % 7}", tuple(rng.getrandbits(63) for _ in range(4)), rng.getrandbits(63))
