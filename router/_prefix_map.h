@@ -10,12 +10,13 @@
  *
  * Why: a generation of Python dicts holds an int object for every key and every value.
  * In a router whose memory had turned over (bench/decision.py's turned-over rows), a
- * claim of an ~8k-token prompt's 16 prefixes cost ~55 us at p50 against ~10 in an empty
- * memory: each insert also freed two entries of the retired generation, their cold int
- * objects a cache miss or more each, and every lookup met shards of ~8k entries cold.
- * Here a key is a 64-bit word in an array allocated once (at most half full, so it never
- * grows), a lookup one or two cache lines, and a retired generation is cleared a few slots
- * at each insert by writing zeros.
+ * claim of an ~8k-token prompt's 16 prefixes cost ~30 us at p50 in a quiet phase (~47 in
+ * a slow one) against ~10-16 in an empty memory: each insert also freed two entries of
+ * the retired generation, their cold int objects a cache miss or more each, and every
+ * lookup met shards of ~8k entries cold (9-16 us with this map, turned over or not). Here
+ * a key is a 64-bit word in an array allocated once (at most half full, so it never
+ * grows), a lookup one or two cache lines, and a forgotten generation is zeroed a couple
+ * of slots at each insert.
  *
  * The semantics are _TwoGenerations' exactly (tests/test_prefix_map.py drives both with
  * random calls and compares every answer): put writes the newer generation, counting a

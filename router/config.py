@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 
@@ -53,7 +55,9 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True):
     load_cost: float = 0.01  # a candidate's cost: tokens to prefill + this × its load
     ring_choices: int = 4  # ring candidates for a new prefix
     saturation: float = 2.0  # a replica with this × its capacity outstanding takes no more
-    placement_capacity: int = 1_048_576  # prefix hashes the placement memory keeps
+    # Prefix hashes the placement memory keeps; its C map takes at most 2**32 and
+    # allocates for all of them (24 bytes a hash, three times: README, Known limits).
+    placement_capacity: Annotated[int, msgspec.Meta(ge=2, le=1 << 32)] = 1_048_576
     # Seconds between reads of each work stream's per-subject counts (the load sample);
     # 0 = use the heartbeats' in-flight counts instead (blind to messages still queued).
     load_sample_interval: float = 0.5

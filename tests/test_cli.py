@@ -43,6 +43,17 @@ def test_a_bad_setting_exits_2_naming_the_variable(monkeypatch, capsys):
     assert "queue_bound" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("capacity", ["1", str(2**32 + 1)])
+def test_a_placement_capacity_the_memory_cannot_hold_exits_2_naming_it(monkeypatch, capsys, capacity):
+    """Refused at start, not at a model's first heartbeat inside the running router (the
+    C placement map takes at most 2**32 prefixes, and below 2 means nothing)."""
+    monkeypatch.setenv("SLM_PLACEMENT_CAPACITY", capacity)
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(["router", "--nats-url", "nats://127.0.0.1:1"]))
+    assert info.value.code == 2
+    assert "placement_capacity" in capsys.readouterr().err
+
+
 def test_the_router_process_freezes_its_startup_objects_before_it_serves(monkeypatch):
     """serve_router hides the router's startup objects from the garbage collector before
     serving (a full collection walked them all: ~20 ms with no request moving)."""
