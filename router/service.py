@@ -126,6 +126,11 @@ class Router:
         self._moves: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.metrics = RouterMetrics(self.registry)
         self.models = tuple(self.config.models) or tuple(sorted(rules.served_models()))
+        for model in self.models:
+            # Each served model's fleet now, before serving: its placement memory zeroes its
+            # newer array as it is made (~22 ms a model at the default capacity), which at
+            # the model's first heartbeat would stop the event loop with requests waiting.
+            self.table.fleet(model)
         self._inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self.config.concurrency * 4)
         self.metrics.watch_inbox(self._inbox.qsize)
         self._stopping = asyncio.Event()
