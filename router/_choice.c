@@ -25,8 +25,9 @@
  *       router.registry.Fleet's load order (router/order.py): its usable, unsaturated
  *       loads in an indexed heap by (weight, name); Fleet.least_loaded is its top.
  *   PrefixMap
- *       the placement memory's prefix map in flat arrays (router/_prefix_map.h), which
- *       find and record read and write directly; the dict generations otherwise.
+ *       the placement memory's prefix and session maps in flat arrays
+ *       (router/_prefix_map.h), which find and record read and write directly; the dict
+ *       generations otherwise.
  *   fallback_count(), fast_fields()
  *       for tests: calls handed to the Python so far; which attributes are read at offsets.
  *
@@ -837,18 +838,35 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
     if (!PyTuple_CheckExact(hashes)) goto done;
     int has_session = PyObject_IsTrue(session_obj);
     if (has_session < 0) goto error;
-    if (has_session) {
-        if (!(sessions = get(memory, F_SESSIONS)) || !(snew = get(sessions, F_NEW)) ||
-            !(sold = get(sessions, F_OLD)))
-            goto error;
-        if (!generations_match(snew, sold)) goto done;
-        PyObject *sticky = NULL;
-        int there = placed(snew, sold, session_obj, &sticky);
+    if (has_session) { /* PlacementMemory.session: the id of its last turn's replica, its name */
+        if (!(sessions = get(memory, F_SESSIONS))) goto error;
+        Probe sp = {NULL, NULL, NULL};
+        if (Py_TYPE(sessions) == &PrefixMapType) {
+            sp.map = (const PrefixMap *)sessions;
+            if (!sp.map->newer.slots) goto done;
+        } else {
+            if (!(snew = get(sessions, F_NEW)) || !(sold = get(sessions, F_OLD))) goto error;
+            if (!generations_match(snew, sold)) goto done;
+            sp.new = snew;
+            sp.old = sold;
+        }
+        Hit hit = {NULL, NULL};
+        int there = probe(&sp, session_obj, &hit);
         if (there < 0) goto error;
         if (there == FALLBACK) goto done;
-        if (sticky == Py_None) sticky = NULL;
-        Py_XINCREF(sticky);
-        f->sticky = sticky;
+        if (there) {
+            long long rid;
+            if (hit.slot) {
+                if (hit.slot->hi || hit.slot->lo > (uint64_t)PY_SSIZE_T_MAX) goto done;
+                rid = (long long)hit.slot->lo;
+            } else if ((r = as_int(hit.obj, &rid))) {
+                goto done;
+            }
+            r = FALLBACK;
+            if (!(names = get(memory, F_NAMES))) goto error;
+            if (!PyList_CheckExact(names) || rid < 0 || rid >= PyList_GET_SIZE(names)) goto done;
+            f->sticky = Py_NewRef(PyList_GET_ITEM(names, (Py_ssize_t)rid));
+        }
     }
     Py_ssize_t size = PyTuple_GET_SIZE(hashes);
     if (!size) {
@@ -998,7 +1016,7 @@ static int find_core(PyObject *memory, PyObject *hashes, PyObject *hint_obj,
         if (ids[i]) top = i;
     }
     if (top >= 0) {
-        if (!(names = get(memory, F_NAMES))) goto error;
+        if (!names && !(names = get(memory, F_NAMES))) goto error;
         if (!PyList_CheckExact(names)) goto done;
         for (int i = 0; i <= top; i++) {
             if (ids[i] >= (uint64_t)PyList_GET_SIZE(names)) goto done; /* IndexError in Python */
@@ -1725,10 +1743,19 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
             map_prefetch(map, key1);
         }
     }
+    /* The session's map: a PrefixMap, whose key is checked now (it refuses others, and
+     * the Python method raises before any change); dict generations, read after _id (a
+     * reset clears them). */
+    PrefixMap *session_map = NULL;
+    uint64_t session_key = 0;
     if (has_session) {
         if (!(sessions = get(memory, F_SESSIONS))) goto error;
-        if ((r = gens_read(sessions, &sg))) goto done;
-        r = FALLBACK;
+        if (Py_TYPE(sessions) == &PrefixMapType) {
+            session_map = (PrefixMap *)sessions;
+            if (!session_map->newer.slots || !map_key(session, &session_key)) goto done;
+        } else if ((PyObject *)Py_TYPE(sessions) != generations_type) {
+            goto done;
+        }
     }
     if (!(ids = get(memory, F_IDS))) goto error;
     if (!PyDict_CheckExact(ids)) goto done;
@@ -1748,6 +1775,8 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
     if (rid < 1 || (u128)rid > id_mask) goto done;
     /* Read after _id: a reset replaces the generations' dicts. */
     if (!map && (r = gens_read(prefixes, &g))) goto done;
+    if (has_session && !session_map && (r = gens_read(sessions, &sg))) goto done;
+    r = FALLBACK;
     const u128 holder_mask = ((u128)1 << shift) - 1;
     Py_ssize_t shared = 0;
     int spreading = 1;
@@ -1825,7 +1854,12 @@ static int record_core(PyObject *memory, PyObject *replica, PyObject *hashes, Py
         }
         Py_CLEAR(value_obj);
     }
-    if (has_session && gens_put(&sg, session, PyObject_Hash(session), replica) < 0) goto error;
+    if (has_session) { /* self._sessions.put(session_hash, rid) */
+        if (session_map)
+            map_put(session_map, session_key, (uint64_t)rid, 0);
+        else if (gens_put(&sg, session, PyObject_Hash(session), rid_obj) < 0)
+            goto error;
+    }
     r = 0;
     goto done;
 error:

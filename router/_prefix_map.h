@@ -1,7 +1,7 @@
 /*
- * PrefixMap: the placement memory's prefix map in flat arrays, the C storage of
- * router/placement.py's _TwoGenerations[int] (router/_choice.c includes this; its find and
- * record read and write the arrays directly, and the module exports the type).
+ * PrefixMap: the placement memory's prefix map (and its session map) in flat arrays, the
+ * C storage of router/placement.py's _TwoGenerations[int] (router/_choice.c includes this;
+ * its find and record read and write the arrays directly, and the module exports the type).
  *
  *   PrefixMap(capacity)
  *     .get(key) -> int or None     .put(key, value)     key in m     len(m)     .clear()

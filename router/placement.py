@@ -13,9 +13,10 @@ Mooncake request shares): replica choice then treats it as held everywhere.
 Pure and bounded: two generations (when the newer one fills, the older one is forgotten
 whole), so the memory answers for between ``capacity / 2`` and ``capacity`` hashes and
 every operation is O(1) per hash. The prefix map is router._choice.PrefixMap where that
-module is built (flat arrays allocated once: router/_prefix_map.h says why), else
-_TwoGenerations, plain dicts each split over 64 and freed a little at each later insert,
-no single operation paying for a large dict's doubling or freeing.
+module is built (flat arrays allocated once: router/_prefix_map.h says why), and so is
+the session map (session hash -> replica id); else _TwoGenerations, plain dicts each
+split over 64 and freed a little at each later insert, no single operation paying for a
+large dict's doubling or freeing.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ V = TypeVar("V")
 # (the shards double at about the same time, so p99.9 went from ~50 to ~200 us). The cost:
 # a claim meets more dicts cold, ~1.5-4 us more at p50 in bench/decision.py's fresh state.
 # The C map (PrefixMap below), the prefix map wherever router._choice is built, has
-# neither; the dicts remain for sessions, for fanouts past 4 and in pure Python.
+# neither; the dicts remain for fanouts past 4 and in pure Python.
 SHARDS = 64
 # A key's shard: the top bits of hash(key) x 2**64 / phi (mod 2**64), as router/_choice.c
 # computes it. Not hash(key)'s low bits: a dict starts its probe at those, and a shard
@@ -176,7 +177,10 @@ class PlacementMemory:
         self._prefixes: PrefixStore = (
             _PrefixMap(capacity) if _PrefixMap is not None and fanout * ID_BITS <= MAP_HOLDER_BITS
             else _TwoGenerations(capacity))
-        self._sessions: _TwoGenerations[str] = _TwoGenerations(max(capacity // 8, 2))
+        # Session hash -> the id of the replica that served its last turn (ids, not names:
+        # the same ints either map holds, no str object kept a session).
+        sessions = max(capacity // 8, 2)
+        self._sessions: PrefixStore = _PrefixMap(sessions) if _PrefixMap is not None else _TwoGenerations(sessions)
         self._fanout = fanout
         self._shared_shift = ID_BITS * fanout
         self._full_shift = ID_BITS * (fanout - 1)  # the last holder's field: set when full
@@ -195,6 +199,7 @@ class PlacementMemory:
                 # A million replica names seen (years of restarts under fresh names):
                 # start over rather than let the table grow.
                 self._prefixes.clear()
+                self._sessions.clear()
                 self._ids.clear()
                 self._decoded.clear()
                 del self._names[1:]
@@ -221,7 +226,8 @@ class PlacementMemory:
 
     # ---- lookups (the decision path) ----------------------------------------------------
     def session(self, session_hash: int) -> str | None:
-        return self._sessions.get(session_hash)
+        rid = self._sessions.get(session_hash)
+        return None if rid is None else self._names[rid]
 
     def holders(self, prefix_hash: int) -> tuple[str, ...]:
         """Replicas that served this prefix recently, most recent first."""
@@ -257,7 +263,7 @@ class PlacementMemory:
         in the same order: in the rare state where a generation change split a prompt's
         depths and the shallower ones retired, both give the same answer.)
         """
-        sticky = self._sessions.get(session_hash) if session_hash else None
+        sticky = self.session(session_hash) if session_hash else None
         if not hashes:
             return 0, 0, (), sticky
         prefixes = self._prefixes
@@ -348,7 +354,7 @@ class PlacementMemory:
             if entry != value or not prefixes.in_newer(h):
                 prefixes.put(h, value)
         if session_hash:
-            self._sessions.put(session_hash, replica)
+            self._sessions.put(session_hash, rid)
 
     def __len__(self) -> int:
         return len(self._prefixes)

@@ -109,7 +109,8 @@ def is_key(h) -> bool:
 def test_the_c_record_leaves_the_memory_the_python_record_leaves(capacity, fanout, steps):
     """Fanout 4 or less: a PrefixMap of prefixes, which refuses keys outside 63 bits (the
     twin hands such a call to the Python method, before any change, and both raise the
-    same); more: the dict generations, which take any int."""
+    same); more: the dict generations, which take any int. Sessions: a PrefixMap of
+    replica ids at every fanout, refusing session hashes outside 63 bits the same way."""
     reference = PlacementMemory(capacity, fanout)
     twin = PlacementMemory(capacity, fanout)
     flat = isinstance(twin._prefixes, _choice.PrefixMap)
@@ -117,7 +118,7 @@ def test_the_c_record_leaves_the_memory_the_python_record_leaves(capacity, fanou
     before, handed_over = _choice.fallback_count(), 0
     for replica, hashes, session, as_list in steps:
         given_hashes = list(hashes) if as_list else hashes
-        refused = flat and not all(map(is_key, hashes))
+        refused = (flat and not all(map(is_key, hashes))) or (session and not is_key(session))
         handed_over += refused
         expected = outcome(PlacementMemory.record, reference, replica, given_hashes, session)
         assert outcome(_choice.record, twin, replica, given_hashes, session) == expected
@@ -249,6 +250,11 @@ def test_the_reset_after_a_million_replica_names_is_the_same():
         assert state(twin) == state(reference)
         assert twin._decoded == reference._decoded
     assert twin._names == ["", "first-after-reset", "old"] and not twin._decoded
+    # Sessions hold replica ids, so the reset forgets them too: session 5's id (1, "old"
+    # before the reset) would now name "first-after-reset".
+    for memory in (reference, twin):
+        assert memory.session(5) is None and memory.session(6) == "old"
+        assert _choice.find(memory, (), 0, 5)[3] is None
 
 
 def test_no_dict_of_a_generation_holds_more_than_a_share_of_it():
