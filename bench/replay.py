@@ -190,7 +190,9 @@ def choice_markdown(times: dict[int, dict[str, ChoiceTime]], command: str, load_
         rows.append("| " + " | ".join(cells) + " |")
     twin = ("C: `router._choice.choose_affinity` (router/_choice.c), what the router calls; "
             "Python: `router.replicas.choose_affinity_python`, the reference (what "
-            "`SLM_PURE_PYTHON=1` runs). Both gave the same answer for every timed context."
+            "`SLM_PURE_PYTHON=1` runs, there over the placement memory's dict generations; here "
+            "both read the same memory, its C map). Both gave the same answer for every timed "
+            "context."
             if native else "router/_choice.c is not built here (or SLM_PURE_PYTHON=1): Python only.")
     return "\n".join([
         "## Replica choice time (`router.replicas.choose_affinity`)",
