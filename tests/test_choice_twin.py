@@ -187,7 +187,9 @@ def test_the_twin_is_what_the_router_calls_and_reads_slots_at_their_offsets():
     assert choose_affinity(c, fleet, settings=DEFAULT_SETTINGS) == again
     fast = _choice.fast_fields()
     assert all(fast[f"ReplicaLoad.{f}"] for f in ("weight", "requests", "limit", "name", "usable"))
-    assert fast["RoutingContext.prefix_hashes"] and fast["_TwoGenerations.new"]
+    assert fast["RoutingContext.prefix_hashes"]
+    # The memory's maps are C (PrefixMap) here: read through its slots, no dict generation.
+    assert fast["PlacementMemory._prefixes"] and fast["PlacementMemory._sessions"]
 
 
 def test_bad_arguments_get_a_type_error_naming_the_signature():
