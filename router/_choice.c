@@ -1477,7 +1477,7 @@ done:
  * most 128 bits here (fanout x id_bits holder bits below the spread count);
  * tests/test_record_twin.py compares the two after every step. */
 
-typedef unsigned __int128 u128;
+/* u128 and u128_to_long: router/_prefix_map.h. */
 
 
 static PyObject *memory_type;      /* router.placement.PlacementMemory */
@@ -1512,42 +1512,6 @@ static inline int long_to_u128(PyObject *v, u128 *out) {
     return 0;
 }
 
-static PyObject *u128_to_long(u128 v) {
-    if (!(v >> 64)) return PyLong_FromUnsignedLongLong((unsigned long long)v);
-#if PY_VERSION_HEX < 0x030C0000
-    /* The digits written directly (_PyLong_FromByteArray cost ~1,500 instructions). */
-    int size = 0;
-    for (u128 t = v; t; t >>= PyLong_SHIFT) size++;
-    PyLongObject *out = _PyLong_New(size);
-    if (!out) return NULL;
-    for (int i = 0; i < size; i++, v >>= PyLong_SHIFT) out->ob_digit[i] = (digit)(v & PyLong_MASK);
-    return (PyObject *)out;
-#endif
-    unsigned char bytes[16];
-    for (int i = 0; i < 16; i++) bytes[i] = (unsigned char)(v >> (8 * i));
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyLong_FromUnsignedNativeBytes(bytes, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
-#else
-    return _PyLong_FromByteArray(bytes, 16, 1, 0);
-#endif
-}
-
-/* A _TwoGenerations read once per call: its generations (tuples of dicts, new references),
- * its size limit, and its two counters, written back by gens_done. */
-typedef struct {
-    PyObject *obj, *new, *old, *retiring;
-    Py_ssize_t half;        /* _capacity // 2: the newer generation is full at this size */
-    Py_ssize_t size;        /* _size: keys in the newer generation */
-    Py_ssize_t retiring_at; /* _retiring_at: the retiring shard being freed */
-    int changed;            /* size or retiring_at moved since gens_read */
-} Gens;
-
-static void gens_clear(Gens *g) {
-    Py_CLEAR(g->obj);
-    Py_CLEAR(g->new);
-    Py_CLEAR(g->old);
-    Py_CLEAR(g->retiring);
-}
 
 /* Writes the counters back (after every call that read them, an error's too: the dicts
  * changed as far as the call got), then clears g; -1 if the write failed. */

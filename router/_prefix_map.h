@@ -157,17 +157,44 @@ static int map_value(PyObject *value, uint64_t *lo, uint64_t *hi) {
     return 0;
 }
 
-static PyObject *map_value_object(uint64_t lo, uint64_t hi) {
-    if (!hi) return PyLong_FromUnsignedLongLong(lo);
-    PyObject *high = PyLong_FromUnsignedLongLong(hi), *shift = PyLong_FromLong(64);
-    PyObject *shifted = high && shift ? PyNumber_Lshift(high, shift) : NULL;
-    PyObject *low = shifted ? PyLong_FromUnsignedLongLong(lo) : NULL;
-    PyObject *out = low ? PyNumber_Or(shifted, low) : NULL;
-    Py_XDECREF(high);
-    Py_XDECREF(shift);
-    Py_XDECREF(shifted);
-    Py_XDECREF(low);
-    return out;
+typedef unsigned __int128 u128;
+
+/* An int from 128 bits (the map's values; record_core's entries). */
+static PyObject *u128_to_long(u128 v) {
+    if (!(v >> 64)) return PyLong_FromUnsignedLongLong((unsigned long long)v);
+#if PY_VERSION_HEX < 0x030C0000
+    /* The digits written directly (_PyLong_FromByteArray cost ~1,500 instructions). */
+    int size = 0;
+    for (u128 t = v; t; t >>= PyLong_SHIFT) size++;
+    PyLongObject *out = _PyLong_New(size);
+    if (!out) return NULL;
+    for (int i = 0; i < size; i++, v >>= PyLong_SHIFT) out->ob_digit[i] = (digit)(v & PyLong_MASK);
+    return (PyObject *)out;
+#endif
+    unsigned char bytes[16];
+    for (int i = 0; i < 16; i++) bytes[i] = (unsigned char)(v >> (8 * i));
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromUnsignedNativeBytes(bytes, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+#else
+    return _PyLong_FromByteArray(bytes, 16, 1, 0);
+#endif
+}
+
+/* A _TwoGenerations read once per call: its generations (tuples of dicts, new references),
+ * its size limit, and its two counters, written back by gens_done. */
+typedef struct {
+    PyObject *obj, *new, *old, *retiring;
+    Py_ssize_t half;        /* _capacity // 2: the newer generation is full at this size */
+    Py_ssize_t size;        /* _size: keys in the newer generation */
+    Py_ssize_t retiring_at; /* _retiring_at: the retiring shard being freed */
+    int changed;            /* size or retiring_at moved since gens_read */
+} Gens;
+
+static void gens_clear(Gens *g) {
+    Py_CLEAR(g->obj);
+    Py_CLEAR(g->new);
+    Py_CLEAR(g->old);
+    Py_CLEAR(g->retiring);
 }
 
 /* ---- the type ---------------------------------------------------------------------------- */
@@ -263,7 +290,7 @@ static PyObject *PrefixMap_get(PrefixMap *self, PyObject *key) {
     if (!map_ready(self)) return NULL;
     const MapSlot *s = map_key(key, &key1) ? map_get(self, key1) : NULL;
     if (!s) Py_RETURN_NONE;
-    return map_value_object(s->lo, s->hi);
+    return u128_to_long((u128)s->hi << 64 | s->lo);
 }
 
 static PyObject *PrefixMap_put(PrefixMap *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -301,7 +328,7 @@ static PyObject *array_dict(const MapArray *a, Py_ssize_t size) {
     for (uint64_t i = 0; d && size && i <= a->mask; i++) {
         const MapSlot *s = &a->slots[i];
         if (!s->key) continue;
-        PyObject *k = PyLong_FromUnsignedLongLong(s->key - 1), *v = map_value_object(s->lo, s->hi);
+        PyObject *k = PyLong_FromUnsignedLongLong(s->key - 1), *v = u128_to_long((u128)s->hi << 64 | s->lo);
         if (!k || !v || PyDict_SetItem(d, k, v) < 0) Py_CLEAR(d);
         Py_XDECREF(k);
         Py_XDECREF(v);
