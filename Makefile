@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml setup.py router/_scan.c router/_choice.c router/_prefix.c
+$(STAMP): pyproject.toml setup.py router/_scan.c router/_choice.c router/_prefix.c router/_prefix_map.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
