@@ -38,7 +38,7 @@ message to the conversation; 70% of follow-ups come from the first turn's source
 from anywhere), routed with and without the sticky-session table. A bounce is a turn
 that goes to a different model than the turn before it in the same session.
 
-Cold caches: the dev prompts and 8 KB prompts again with the CPU caches emptied before
+Cold caches: the dev, 8 KB and ~8k-token prompts again with the CPU caches emptied before
 each request's decode (an 8 MiB buffer walked between requests, outside the timing), as a
 live router meets its code and tables when other work runs between its requests.
 
@@ -53,13 +53,18 @@ The C twin (router/_scan.c) against the Python code it mirrors: the context stag
 in a child process started with SLM_PURE_PYTHON=1, and (with --instructions) the
 instruction counts both ways.
 
+Neighbours: with --neighbour cpu|memory, a process pinned to the other CPU(s) keeps them
+busy throughout (arithmetic, or copying 32 MiB over and over), as nats-server, workers and
+clients would beside a router on this 2-core machine.
+
 Run: make bench-decision  (or python -m bench.decision [--data PATH] [--quick] [--cpu N] [--instructions]
-     [--no-save])
+     [--no-save] [--neighbour cpu|memory])
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -73,6 +78,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -522,6 +528,35 @@ def instruction_lines(data: Path) -> list[str]:
     return lines
 
 
+# What the other core runs with --neighbour: a router shares its 2-core machine with
+# nats-server, workers and clients. "cpu" is arithmetic (contends for the core's share of
+# the host, not for memory); "memory" copies 32 MiB over and over (contends for the shared
+# L3 cache and memory bandwidth, the harder neighbour for a memory-bound long prompt).
+NEIGHBOURS = {
+    "cpu": "x = 0\nwhile True:\n    x = (x + 1) & 0xFFFF",
+    "memory": "a = bytes(32 << 20)\nwhile True:\n    b = bytes(bytearray(a))",
+}
+
+
+@contextlib.contextmanager
+def neighbour(kind: str | None, cpu: int | None) -> Iterator[str]:
+    """Runs NEIGHBOURS[kind] pinned to every CPU but ``cpu`` while the block runs; yields a
+    phrase for the results header ('' with no neighbour)."""
+    if kind is None:
+        yield ""
+        return
+    others = sorted(set(range(os.cpu_count() or 1)) - {cpu})  # this process is already pinned to cpu
+    if cpu is None or not others:
+        raise SystemExit("--neighbour needs --cpu N and another CPU to put the neighbour on")
+    child = subprocess.Popen([sys.executable, "-c", NEIGHBOURS[kind]],
+                             preexec_fn=lambda: os.sched_setaffinity(0, set(others)))
+    try:
+        yield f"; a {kind}-bound neighbour process busy on CPU {','.join(map(str, others))} throughout"
+    finally:
+        child.kill()
+        child.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEV)
@@ -531,6 +566,9 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, help="pin this process to one CPU (fewer migrations)")
     parser.add_argument("--instructions", action="store_true",
                         help="also count instructions per request with valgrind (a few minutes)")
+    parser.add_argument("--neighbour", choices=sorted(NEIGHBOURS),
+                        help="keep the other CPU(s) busy while timing (needs --cpu): cpu-bound or "
+                             "memory-bound work beside the router, as on a shared 2-core machine")
     parser.add_argument("--count-worker", nargs=3, metavar=("WORKLOAD", "STAGES", "PASSES"),
                         help=argparse.SUPPRESS)  # what --instructions runs under valgrind
     parser.add_argument("--context-worker", metavar="WORKLOAD",
@@ -545,6 +583,12 @@ def main() -> None:
     if args.context_worker:
         run_context_worker(args.data, args.quick, args.context_worker)
         return
+    with neighbour(args.neighbour, args.cpu) as beside:
+        report(args, beside)
+
+
+def report(args: argparse.Namespace, beside: str) -> None:
+    """Times every section and writes (unless --no-save) and prints the results."""
     rows = load_prompts(args.data)
     rng = random.Random(11)
     workloads = build_workloads(rows, args.quick, rng)
@@ -559,11 +603,12 @@ def main() -> None:
         f"Machine: {machine()}.  ",
         "Command: `make bench-decision` (`python -m bench.decision"
         + (f" --cpu {args.cpu}" if args.cpu is not None else "")
-        + (" --instructions" if args.instructions else "") + "`). Shipped scorer and default rules; "
+        + (" --instructions" if args.instructions else "")
+        + (f" --neighbour {args.neighbour}" if args.neighbour else "") + "`). Shipped scorer and default rules; "
         f"per-request wall time in µs (time.perf_counter_ns), each request's median of {PASSES} passes, "
         "each request decoded from its wire bytes just before its decision (untimed, as in the router), "
         "GC on; the box is shared with other jobs, which were not stopped "
-        f"(load average 1/5/15 min: {load_before} before, LOAD_AFTER after). Fixed work: the same "
+        f"(load average 1/5/15 min: {load_before} before, LOAD_AFTER after){beside}. Fixed work: the same "
         f"pure-Python loop ({FIXED_WORK_STEPS} additions) timed after every decision in the same passes, "
         "its median of 3 the same way: identical work, so its p99 over its p50 is the machine's own tail "
         "in that row.", "",
@@ -607,7 +652,7 @@ def main() -> None:
               "| prompts | context p50 / p99 | model p50 / p99 | replica p50 / p99 | "
               "**whole decision p50 / p99** | warm whole decision p50 / p99 (above) |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for name, requests in workloads[:2]:  # dev prompts and 8 KB
+    for name, requests in workloads[:3]:  # dev prompts, 8 KB and ~8k tokens (the target's longest)
         cold = median_of_passes(functools.partial(time_stages, requests, 64, True, warmup), PASSES)
         warm = warm_total[name]
         lines.append(
