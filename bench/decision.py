@@ -545,8 +545,8 @@ def neighbour(kind: str | None, cpu: int | None) -> Iterator[str]:
     if kind is None:
         yield ""
         return
-    others = sorted(set(range(os.cpu_count() or 1)) - {cpu})  # this process is already pinned to cpu
-    if cpu is None or not others:
+    others = [] if cpu is None else sorted(set(range(os.cpu_count() or 1)) - {cpu})  # we are pinned to cpu
+    if not others:
         raise SystemExit("--neighbour needs --cpu N and another CPU to put the neighbour on")
     child = subprocess.Popen([sys.executable, "-c", NEIGHBOURS[kind]],
                              preexec_fn=lambda: os.sched_setaffinity(0, set(others)))
