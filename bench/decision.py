@@ -42,6 +42,11 @@ Cold caches: the dev, 8 KB and ~8k-token prompts again with the CPU caches empti
 each request's decode (an 8 MiB buffer walked between requests, outside the timing), as a
 live router meets its code and tables when other work runs between its requests.
 
+After idle: every 8th dev prompt and the ~8k-token prompts at 64 replicas again, the
+process sleeping 0.5 or 3 ms before each request's decode (IDLE_GAPS), as a router with
+sparse requests waits between them, beside the fixed-work loop's first run after the
+same sleep.
+
 Turned-over placement memory: the rows above start from an empty placement memory. A
 router's fills: each generation holds up to half its capacity, and from its second turn
 over on, every insert also frees two entries of the retired generation (half the time in
@@ -287,11 +292,14 @@ def turn_over(memory: PlacementMemory, replicas: list[str], rng: random.Random) 
 
 
 def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False,
-                warmup: list[ChatRequest] = WARMUP_REQUESTS, turned_over: bool = False) -> dict[str, list[float]]:
+                warmup: list[ChatRequest] = WARMUP_REQUESTS, turned_over: bool = False,
+                idle: float = 0.0) -> dict[str, list[float]]:
     """Each request is decoded from its wire bytes right before its decision (untimed), as
     the router decodes a message right before deciding it: the prompt's memory is as warm
     (or, long ones cycling through a bench's megabytes, as cold) as it is in a router.
-    With ``turned_over``, each model's placement memory is turned over first (turn_over)."""
+    With ``turned_over``, each model's placement memory is turned over first (turn_over).
+    With ``idle``, the process sleeps that many seconds before each request's decode, as a
+    router waits between requests when they are sparse (see IDLE_GAPS)."""
     policy, table = new_policy(), replica_table(replicas)
     if turned_over:
         names = [f"r{i}" for i in range(replicas)]
@@ -316,6 +324,8 @@ def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False,
     for i, payload in enumerate(payloads):
         if cold:
             evict_caches()
+        if idle:
+            time.sleep(idle)
         request = codec.decode_request(payload)
         t0 = clock()
         ctx = policy.context(request)
@@ -337,6 +347,26 @@ def time_stages(requests: list[ChatRequest], replicas: int, cold: bool = False,
         out["claim"].append((t4 - t3) / 1e3)
         out["with_claim"].append((t4 - t0) / 1e3)
         out["fixed"].append((t6 - t5) / 1e3)
+    return out
+
+
+# After idle: the rows above decide back to back. A router whose requests are sparse
+# sleeps in its event loop between them, and on this virtual machine an idle vCPU comes
+# back to caches (and branch predictors) that other work on the host has refilled: every
+# line a decision touches is fetched again. The gaps: 0.5 ms (~2,000 requests/s) and
+# 3 ms (~300/s, about one request at a time through the fabric's ~3.5 ms TTFT).
+IDLE_GAPS = (0.0005, 0.003)
+
+
+def fixed_work_after_idle(idle: float, count: int) -> list[float]:
+    """The fixed loop's first run after each of ``count`` sleeps of ``idle`` seconds: what
+    the same idle costs work with almost no footprint (a few lines of the interpreter)."""
+    clock, out = time.perf_counter_ns, []
+    for _ in range(count):
+        time.sleep(idle)
+        t0 = clock()
+        fixed_work()
+        out.append((clock() - t0) / 1e3)
     return out
 
 
@@ -659,6 +689,28 @@ def report(args: argparse.Namespace, beside: str) -> None:
             f"| {name} | {p(cold['context'], 50)} / {p(cold['context'], 99)} | "
             f"{p(cold['model'], 50)} / {p(cold['model'], 99)} | {p(cold['replica'], 50)} / {p(cold['replica'], 99)} | "
             f"**{p(cold['total'], 50)} / {p(cold['total'], 99)}** | {p(warm, 50)} / {p(warm, 99)} |")
+    lines += ["", "### After idle", "",
+              "The rows above decide back to back. Here the process sleeps before each request's "
+              "decode, as a router with sparse requests waits in its event loop: "
+              + " and ".join(f"{gap * 1e3:g} ms" for gap in IDLE_GAPS) + " (about "
+              + " and ".join(f"{1 / gap:,.0f}" for gap in IDLE_GAPS) + " requests/s). On this virtual "
+              "machine an idle vCPU comes back to caches the host's other work has refilled, so every "
+              "line a decision touches is fetched again. Beside it, the fixed-work loop's first run "
+              "after the same sleep: the idle's cost to work with almost no footprint. Every 8th dev "
+              "prompt and the ~8k-token prompts, 64 replicas per model.", "",
+              "| prompts | idle before each | context p50 / p99 | model p50 / p99 | replica p50 / p99 | "
+              "**whole decision p50 / p99** | fixed work, first run after the idle p50 / p99 |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, requests in workloads[:3:2]:  # dev prompts and ~8k tokens
+        sample = requests[::8] if name == "dev prompts" else requests
+        for gap in (0.0, *IDLE_GAPS):
+            idle = median_of_passes(functools.partial(time_stages, sample, 64, warmup=warmup, idle=gap), PASSES)
+            fixed = fixed_work_after_idle(gap, len(sample)) if gap else idle["fixed"]
+            lines.append(
+                f"| {name} | {'none' if not gap else f'{gap * 1e3:g} ms'} | "
+                f"{p(idle['context'], 50)} / {p(idle['context'], 99)} | "
+                f"{p(idle['model'], 50)} / {p(idle['model'], 99)} | {p(idle['replica'], 50)} / {p(idle['replica'], 99)} | "
+                f"**{p(idle['total'], 50)} / {p(idle['total'], 99)}** | {p(fixed, 50)} / {p(fixed, 99)} |")
     lines += ["", "### Placement claim once the placement memory has turned over", "",
               "The rows above start from an empty placement memory. A router's fills: each of its two "
               f"generations holds up to {DEFAULT_CAPACITY // 2:,} prefixes, and from the second turn over "
