@@ -33,7 +33,7 @@ test: $(STAMP)  ## run the test suite against real nats-servers
 	$(PY) -m pytest -q
 
 ops-check: $(STAMP)  ## deployment checks without Docker: compose schema, promtool, live Prometheus
-	$(PY) -m pytest -q tests/test_compose.py tests/test_prometheus.py
+	SLM_REQUIRE_PROMETHEUS=1 $(PY) -m pytest -q tests/test_compose.py tests/test_prometheus.py
 
 lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/ruff check subjects router workers fabric tests bench

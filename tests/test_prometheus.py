@@ -7,14 +7,18 @@ generated scrape config (the compose one names container hosts), sends traffic, 
 evaluates every dashboard panel's PromQL: each query must return series, so no panel of
 the provisioned dashboard is empty against real metrics.
 
-Prometheus comes from Debian's ``prometheus`` package (``.ci/run`` installs it). When it
-is missing these tests fail and say so: they are never skipped.
+Prometheus comes from Debian's ``prometheus`` package. ``.ci/run`` installs it and sets
+SLM_REQUIRE_PROMETHEUS=1 (so does ``make ops-check``): there a missing binary fails these
+tests, so CI can never pass them by skipping. Elsewhere, as the README's ``make test`` on a
+machine with only Python, the three that run promtool or Prometheus skip, naming the
+package to install; the dashboard's own checks run everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -50,8 +54,11 @@ REQUIRED_PANELS = (
 def binary(name: str) -> str:
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is not installed: it comes with Debian's 'prometheus' package "
-                    "(apt-get install -y prometheus; .ci/run installs it)")
+        missing = (f"{name} is not installed: it comes with Debian's 'prometheus' package "
+                   "(apt-get install -y prometheus; .ci/run installs it)")
+        if os.environ.get("SLM_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
     return found
 
 
